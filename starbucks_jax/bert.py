@@ -1,0 +1,158 @@
+"""A functional Flax BERT encoder with the same math as transformers' `BertModel`.
+
+`apply(params, input_ids, attention_mask, token_type_ids)` returns every layer's hidden states
+(index 0 is the embedding output, index n the output of layer n, as Hugging Face numbers them) and
+every layer's CLS and masked-mean pooled vectors. With `num_layers=n` it stops after layer n: the
+layers above are never traced, so they cost nothing and need not even be in `params`.
+
+Parameters stay float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax, LayerNorm
+statistics and pooling run in float32 either way.
+
+The parameter tree (see `hf_convert.py` for the mapping to Hugging Face names):
+  embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, embeddings/layer_norm
+  layer_{i}/attention/{query,key,value,output}/{kernel,bias}, layer_{i}/attention_layer_norm/{scale,bias}
+  layer_{i}/intermediate/{kernel,bias}, layer_{i}/output/{kernel,bias}, layer_{i}/output_layer_norm/{scale,bias}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from starbucks_jax import pooling
+from starbucks_jax.bert_config import BertConfig
+
+Dtype = Any
+
+
+def _dense(config: BertConfig, features: int, dtype: Dtype, name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                  kernel_init=nn.initializers.normal(config.initializer_range))
+
+
+def _layer_norm(config: BertConfig, dtype: Dtype, name: str) -> nn.LayerNorm:
+  # Flax computes LayerNorm statistics in float32 even when dtype is bfloat16.
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class Embeddings(nn.Module):
+  """Word + position + token-type embeddings, then LayerNorm and dropout."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    cfg = self.config
+    init = nn.initializers.normal(cfg.initializer_range)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=self.dtype,
+                                     param_dtype=jnp.float32, name=name)
+    positions = jnp.arange(input_ids.shape[1])[None, :]
+    x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
+         + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+         + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
+    x = _layer_norm(cfg, self.dtype, "layer_norm")(x)
+    return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention over unpadded keys, with its output projection."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias, deterministic: bool):
+    cfg = self.config
+    batch, length, _ = x.shape
+    split = lambda t: t.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+    q = split(_dense(cfg, cfg.hidden_size, self.dtype, "query")(x))
+    k = split(_dense(cfg, cfg.hidden_size, self.dtype, "key")(x))
+    v = split(_dense(cfg, cfg.hidden_size, self.dtype, "value")(x))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (cfg.head_dim ** -0.5) + mask_bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    return _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
+
+
+class EncoderLayer(nn.Module):
+  """One post-LayerNorm transformer layer: attention, add & norm, GELU MLP, add & norm."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias, deterministic: bool):
+    cfg = self.config
+    dropout = nn.Dropout(cfg.hidden_dropout_prob)
+    attended = SelfAttention(cfg, self.dtype, name="attention")(x, mask_bias, deterministic)
+    x = _layer_norm(cfg, self.dtype, "attention_layer_norm")(x + dropout(attended, deterministic=deterministic))
+    h = _dense(cfg, cfg.intermediate_size, self.dtype, "intermediate")(x)
+    h = nn.gelu(h, approximate=False)  # BERT's "gelu" is the exact erf form.
+    h = _dense(cfg, cfg.hidden_size, self.dtype, "output")(h)
+    return _layer_norm(cfg, self.dtype, "output_layer_norm")(x + dropout(h, deterministic=deterministic))
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+  """Per-layer outputs; index 0 is the embedding layer, index n the output of layer n."""
+  hidden_states: tuple  # of [batch, length, hidden] in the compute dtype
+  cls: tuple            # of [batch, hidden] float32
+  mean: tuple           # of [batch, hidden] float32
+
+  def pooled(self, layer: int, kind: str) -> jnp.ndarray:
+    if kind not in pooling.POOLINGS:
+      raise ValueError(f"pooling must be one of {pooling.POOLINGS}, got {kind!r}")
+    return getattr(self, kind)[layer]
+
+
+class BertEncoder(nn.Module):
+  """Embeddings and the first `num_layers` encoder layers (all of them when None)."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               num_layers: Optional[int] = None, deterministic: bool = True) -> EncoderOutput:
+    cfg = self.config
+    num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
+    if not 0 <= num_layers <= cfg.num_hidden_layers:
+      raise ValueError(f"num_layers must be in 0..{cfg.num_hidden_layers}, got {num_layers}")
+    if input_ids.shape[1] > cfg.max_position_embeddings:
+      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                       f"{cfg.max_position_embeddings}")
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    # Padded keys get the most negative float32, as transformers does, so they receive no attention.
+    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    x = Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+    hidden_states = [x]
+    for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
+      x = EncoderLayer(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic)
+      hidden_states.append(x)
+    return EncoderOutput(
+        hidden_states=tuple(hidden_states),
+        cls=tuple(pooling.cls_pool(h) for h in hidden_states),
+        mean=tuple(pooling.mean_pool(h, attention_mask) for h in hidden_states),
+    )
+
+
+def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig,
+          num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
+          dropout_rng: Optional[jax.Array] = None) -> EncoderOutput:
+  """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part."""
+  encoder_params = params["encoder"] if "encoder" in params else params
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return BertEncoder(config, dtype).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
+                                          num_layers=num_layers, deterministic=deterministic, rngs=rngs)
+
+
+def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:
+  """Random encoder parameters with BERT's initialisation (normal(initializer_range), LayerNorm 1/0)."""
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return jax.jit(lambda r: BertEncoder(config).init(r, ids)["params"])(rng)

@@ -1,0 +1,138 @@
+"""Encoding texts with a pretrained or trained model at any (layer, dim) size.
+
+    enc = Encoder.from_pretrained("path/to/hf_folder")
+    vectors = enc.encode(texts, layer=4, dim=128)                     # [len(texts), 128] float32
+    per_layer = enc.encode_layers(texts, layers=(2, 4, 6))           # one pass, every layer asked for
+
+Texts are sorted by length and padded to a few bucket lengths, with a fixed batch size, so at most one
+compiled shape exists per bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from starbucks_jax import bert, pooling as pooling_lib
+from starbucks_jax.bert_config import BertConfig
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.pretrained import load_pretrained
+
+log = logging.getLogger(__name__)
+
+SHOW_PROGRESS_FROM_BATCHES = 8  # the progress bar appears from this many batches on
+
+
+def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
+  """Powers of two from `smallest` below `max_length`, then `max_length` itself."""
+  buckets, length = [], smallest
+  while length < max_length:
+    buckets.append(length)
+    length *= 2
+  return buckets + [max_length]
+
+
+def check_pair(config: BertConfig, layer: int, dim: int) -> None:
+  """Raises a StarbucksError naming the problem when (layer, dim) is not a size of this model."""
+  if not 1 <= layer <= config.num_hidden_layers:
+    raise StarbucksError(f"layer {layer} is outside 1..{config.num_hidden_layers} (the model has "
+                         f"{config.num_hidden_layers} layers)")
+  if not 1 <= dim <= config.hidden_size:
+    raise StarbucksError(f"dim {dim} is outside 1..{config.hidden_size} (the model's hidden size)")
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_layers", "layers", "pooling", "dtype"))
+def _pooled_layers(params, input_ids, attention_mask, *, config, num_layers, layers, pooling, dtype):
+  out = bert.apply(params, input_ids, attention_mask, config=config, num_layers=num_layers, dtype=dtype)
+  return {n: out.pooled(n, pooling) for n in layers}
+
+
+class Encoder:
+  """A model, its tokenizer and its default pooling, ready to encode text."""
+
+  def __init__(self, config: BertConfig, params: dict, tokenizer, *, default_pooling: str = "cls",
+               max_length: int = 512, dtype=jnp.float32):
+    self.config = config
+    self.params = params
+    self.tokenizer = tokenizer
+    self.default_pooling = default_pooling
+    self.max_length = min(max_length, config.max_position_embeddings)
+    self.dtype = dtype
+
+  @classmethod
+  def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32,
+                      max_length: int | None = None) -> "Encoder":
+    model = load_pretrained(name_or_path)
+    tokenizer = load_tokenizer(model.model_dir)
+    if max_length is None:
+      max_length = model.max_seq_length or model.config.max_position_embeddings
+    return cls(model.config, model.params, tokenizer, default_pooling=model.pooling or "cls",
+               max_length=max_length, dtype=dtype)
+
+  def encode(self, texts: Sequence[str], *, layer: int | None = None, dim: int | None = None,
+             pooling: str | None = None, normalize: bool = False, batch_size: int = 32,
+             max_length: int | None = None, show_progress: bool | None = None) -> np.ndarray:
+    """[len(texts), dim] float32: layer `layer`'s pooled output cut to its first `dim` coordinates."""
+    layer = self.config.num_hidden_layers if layer is None else layer
+    dim = self.config.hidden_size if dim is None else dim
+    check_pair(self.config, layer, dim)
+    pooled = self.encode_layers(texts, layers=(layer,), pooling=pooling, batch_size=batch_size,
+                                max_length=max_length, show_progress=show_progress)[layer]
+    return np.asarray(pooling_lib.cut(pooled, dim, normalize), dtype=np.float32)
+
+  def encode_layers(self, texts: Sequence[str], *, layers: Sequence[int], pooling: str | None = None,
+                    batch_size: int = 32, max_length: int | None = None,
+                    show_progress: bool | None = None) -> dict[int, np.ndarray]:
+    """{layer: [len(texts), hidden] float32} from one forward pass that stops at max(layers)."""
+    pooling = pooling or self.default_pooling
+    if pooling not in pooling_lib.POOLINGS:
+      raise StarbucksError(f"pooling must be one of {', '.join(pooling_lib.POOLINGS)}, got {pooling!r}")
+    layers = tuple(sorted(set(int(n) for n in layers)))
+    for n in layers:
+      check_pair(self.config, n, 1)
+    if batch_size < 1:
+      raise StarbucksError(f"batch_size must be at least 1, got {batch_size}")
+    max_length = min(max_length or self.max_length, self.config.max_position_embeddings)
+    if isinstance(texts, str):
+      raise StarbucksError("texts must be a sequence of strings, not one string")
+    texts = list(texts)
+    if not texts:
+      return {n: np.zeros((0, self.config.hidden_size), np.float32) for n in layers}
+
+    ids = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: early failures, tight padding
+    buckets = bucket_lengths(max_length)
+    results = {n: np.zeros((len(texts), self.config.hidden_size), np.float32) for n in layers}
+    starts = range(0, len(texts), batch_size)
+    if show_progress is None:
+      show_progress = len(starts) >= SHOW_PROGRESS_FROM_BATCHES
+    for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
+      rows = order[start:start + batch_size]
+      longest = max(len(ids[i]) for i in rows)
+      length = next(b for b in buckets if b >= longest)
+      input_ids = np.full((batch_size, length), self.config.pad_token_id, np.int32)
+      attention_mask = np.zeros((batch_size, length), np.int32)
+      for row, i in enumerate(rows):
+        input_ids[row, :len(ids[i])] = ids[i]
+        attention_mask[row, :len(ids[i])] = 1
+      pooled = _pooled_layers(self.params, input_ids, attention_mask, config=self.config,
+                              num_layers=layers[-1], layers=layers, pooling=pooling, dtype=self.dtype)
+      for n in layers:
+        results[n][rows] = np.asarray(pooled[n][:len(rows)])
+    return results
+
+
+def load_tokenizer(model_dir):
+  from transformers import AutoTokenizer
+  try:
+    return AutoTokenizer.from_pretrained(str(model_dir))
+  except Exception as e:
+    raise StarbucksError(f"cannot load a tokenizer from {model_dir}: {str(e).splitlines()[0]}") from None

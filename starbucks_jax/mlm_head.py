@@ -1,0 +1,39 @@
+"""BERT's masked-LM head as a pure function: transform dense, exact GELU, LayerNorm, tied decoder, bias.
+
+Parameters: `{"transform": {"kernel", "bias"}, "layer_norm": {"scale", "bias"}, "bias": [vocab]}`; the
+decoder matrix is the word-embedding table. When the hidden states are narrower than the model
+(a Matryoshka prefix of d < hidden dims), only the first d input rows of the transform kernel are used,
+with its full bias, as SMAE pre-training does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from starbucks_jax.bert_config import BertConfig
+
+
+def mlm_logits(head_params: dict, word_embeddings: jnp.ndarray, hidden: jnp.ndarray, *,
+               layer_norm_eps: float, dtype=jnp.float32) -> jnp.ndarray:
+  """[..., d] hidden states -> [..., vocab] float32 logits."""
+  kernel = head_params["transform"]["kernel"][: hidden.shape[-1]]
+  h = jnp.dot(hidden.astype(dtype), kernel.astype(dtype)) + head_params["transform"]["bias"].astype(dtype)
+  h = jax.nn.gelu(h.astype(jnp.float32), approximate=False)
+  mean = jnp.mean(h, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+  h = (h - mean) * jax.lax.rsqrt(var + layer_norm_eps)
+  h = h * head_params["layer_norm"]["scale"] + head_params["layer_norm"]["bias"]
+  logits = jnp.dot(h.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
+  return logits + head_params["bias"]
+
+
+def init_mlm_head_params(config: BertConfig, rng: jax.Array) -> dict:
+  """BERT's initialisation for a model that comes without a head (normal(initializer_range), LN 1/0, bias 0)."""
+  h = config.hidden_size
+  return {
+      "transform": {"kernel": config.initializer_range * jax.random.normal(rng, (h, h), jnp.float32),
+                    "bias": jnp.zeros((h,), jnp.float32)},
+      "layer_norm": {"scale": jnp.ones((h,), jnp.float32), "bias": jnp.zeros((h,), jnp.float32)},
+      "bias": jnp.zeros((config.vocab_size,), jnp.float32),
+  }

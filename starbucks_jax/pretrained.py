@@ -1,0 +1,140 @@
+"""Loading a BERT from a local Hugging Face folder, or from the hub by name when a network exists.
+
+`load_pretrained(name_or_path)` reads `config.json`, the weights (`model.safetensors`, a sharded
+`model.safetensors.index.json`, or `pytorch_model.bin`, which needs torch) and the sentence-transformers
+settings (default pooling, max sequence length) when the folder has them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from starbucks_jax import hf_convert
+from starbucks_jax.bert_config import BertConfig
+from starbucks_jax.errors import StarbucksError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# What a hub download fetches: configs, weights, tokenizer and sentence-transformers files.
+HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "pytorch_model.bin", "1_Pooling/*", "*.model"]
+
+
+@dataclasses.dataclass
+class PretrainedBert:
+  config: BertConfig
+  params: dict  # {"encoder", "pooler", optional "mlm_head"}, float32
+  model_dir: Path
+  pooling: str | None  # what the folder's sentence-transformers config names, if anything
+  max_seq_length: int | None
+  report: hf_convert.LoadReport
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+  """A local folder as is; otherwise a hub repo id, downloaded (or found in the hub cache when offline)."""
+  path = Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  text = str(name_or_path)
+  looks_local = path.is_absolute() or text.startswith(".") or text.count("/") > 1 or path.exists()
+  if looks_local:
+    raise StarbucksError(f"model folder {text} does not exist" if not path.exists()
+                         else f"model path {text} is not a folder")
+  try:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+  except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
+    raise StarbucksError(f"{text} is not a local folder, and fetching it from the Hugging Face hub failed "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
+  if (model_dir / "model.safetensors").is_file():
+    return _read_safetensors(model_dir / "model.safetensors")
+  index = model_dir / "model.safetensors.index.json"
+  if index.is_file():
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    state = {}
+    for shard in shards:
+      state.update(_read_safetensors(model_dir / shard))
+    return state
+  if (model_dir / "pytorch_model.bin").is_file():
+    return _read_torch_bin(model_dir / "pytorch_model.bin")
+  raise StarbucksError(f"no weights in {model_dir}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  if not path.is_file():
+    raise StarbucksError(f"weight file {path} is missing")
+  state = {}
+  try:
+    # "flax" returns jax arrays, "numpy" cannot read bfloat16: read through flax, then to numpy float32.
+    with safe_open(str(path), framework="numpy") as f:
+      for key in f.keys():
+        state[key] = f.get_tensor(key)
+  except TypeError:
+    with safe_open(str(path), framework="flax") as f:
+      for key in f.keys():
+        state[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+  except Exception as e:
+    raise StarbucksError(f"cannot read {path}: {e}") from None
+  return state
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError:
+    raise StarbucksError(f"{path} is a PyTorch pickle, and reading it needs torch (pip install torch), "
+                         "or convert the folder to model.safetensors") from None
+  state = torch.load(str(path), map_location="cpu", weights_only=True)
+  return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def read_sentence_transformers_settings(model_dir: Path) -> tuple[str | None, int | None]:
+  """(pooling, max_seq_length) from the folder's sentence-transformers files; None where absent."""
+  pooling = None
+  modules_file = model_dir / "modules.json"
+  if modules_file.is_file():
+    for module in json.loads(modules_file.read_text()):
+      pooling_config = model_dir / module.get("path", "") / "config.json"
+      if module.get("type", "").endswith("Pooling") and pooling_config.is_file():
+        pooling = _pooling_from_st_config(json.loads(pooling_config.read_text()))
+  max_seq_length = None
+  sbert = model_dir / "sentence_bert_config.json"
+  if sbert.is_file():
+    max_seq_length = json.loads(sbert.read_text()).get("max_seq_length")
+  return pooling, max_seq_length
+
+
+def _pooling_from_st_config(cfg: dict) -> str | None:
+  mode = cfg.get("pooling_mode")  # sentence-transformers >= 6
+  if mode in ("cls", "mean"):
+    return mode
+  if cfg.get("pooling_mode_cls_token"):
+    return "cls"
+  if cfg.get("pooling_mode_mean_tokens"):
+    return "mean"
+  log.warning("sentence-transformers pooling %s is not supported; falling back to CLS", cfg)
+  return None
+
+
+def load_config(name_or_path: str | os.PathLike) -> BertConfig:
+  """Only the config: cheap, for validating a request before any weights are read."""
+  return BertConfig.from_json_file(resolve_model_dir(name_or_path) / "config.json")
+
+
+def load_pretrained(name_or_path: str | os.PathLike) -> PretrainedBert:
+  model_dir = resolve_model_dir(name_or_path)
+  config = BertConfig.from_json_file(model_dir / "config.json")
+  params, report = hf_convert.hf_to_params(read_state_dict(model_dir), config, source=str(model_dir))
+  report.log(str(model_dir))
+  pooling, max_seq_length = read_sentence_transformers_settings(model_dir)
+  return PretrainedBert(config, params, model_dir, pooling, max_seq_length, report)

