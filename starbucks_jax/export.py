@@ -1,0 +1,58 @@
+"""Export a model to a Hugging Face folder that transformers and sentence-transformers load.
+
+    python -m starbucks_jax.export --model PATH --output OUT [--num-layers n] [--pooling mean|cls]
+
+With `--num-layers n` the folder is a standalone n-layer model (a small size of a 2D Matryoshka model).
+The output folder must be new or empty, unless --overwrite is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from starbucks_jax.errors import StarbucksError, run_cli
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.export", description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True, help="Hugging Face folder or hub name")
+  p.add_argument("--output", required=True, help="folder to write")
+  p.add_argument("--num-layers", type=int, help="keep only the first n layers (default: all)")
+  p.add_argument("--pooling", choices=["mean", "cls"], help="sentence-transformers pooling (default: the "
+                 "source folder's, else cls)")
+  p.add_argument("--max-seq-length", type=int, help="sentence-transformers max_seq_length (default: the "
+                 "source folder's, else the position limit)")
+  p.add_argument("--normalize", action="store_true", help="add sentence-transformers' Normalize module")
+  p.add_argument("--with-mlm-head", action="store_true", help="write a BertForMaskedLM folder, MLM head included")
+  p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  from starbucks_jax import hf_export, pretrained
+  source = pretrained.resolve_model_dir(args.model)
+  output = Path(args.output)
+  if output.exists() and output.resolve() == source.resolve():
+    raise StarbucksError("--output is the source folder; choose another folder")
+  if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+    raise StarbucksError(f"output {output} exists and is not an empty folder (pass --overwrite to replace it)")
+  config = pretrained.load_config(source)
+  if args.num_layers is not None and not 1 <= args.num_layers <= config.num_hidden_layers:
+    raise StarbucksError(f"--num-layers {args.num_layers} is outside 1..{config.num_hidden_layers}")
+
+  model = pretrained.load_pretrained(source)
+  if args.with_mlm_head and "mlm_head" not in model.params:
+    raise StarbucksError(f"{source} has no MLM head, so --with-mlm-head cannot export one")
+  hf_export.save_pretrained(
+      output, model.params, model.config, tokenizer_dir=source, num_layers=args.num_layers,
+      pooling=args.pooling or model.pooling or "cls",
+      max_seq_length=args.max_seq_length or model.max_seq_length or config.max_position_embeddings,
+      normalize=args.normalize, with_mlm_head=args.with_mlm_head)
+  print(f"wrote {output}: {args.num_layers or config.num_hidden_layers} of {config.num_hidden_layers} layers, "
+        f"hidden {config.hidden_size}")
+
+
+if __name__ == "__main__":
+  run_cli(main)
