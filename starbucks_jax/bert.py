@@ -156,3 +156,19 @@ def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:
   """Random encoder parameters with BERT's initialisation (normal(initializer_range), LayerNorm 1/0)."""
   ids = jnp.zeros((1, 2), jnp.int32)
   return jax.jit(lambda r: BertEncoder(config).init(r, ids)["params"])(rng)
+
+
+def init_pooler_params(config: BertConfig, rng: jax.Array) -> dict:
+  """BERT's tanh pooler. We never use it, but `AutoModel` expects its weights in an export."""
+  kernel = config.initializer_range * jax.random.normal(rng, (config.hidden_size, config.hidden_size), jnp.float32)
+  return {"kernel": kernel, "bias": jnp.zeros((config.hidden_size,), jnp.float32)}
+
+
+def init_params(config: BertConfig, rng: jax.Array, *, with_mlm_head: bool = False) -> dict:
+  """A full, freshly initialised model tree: {"encoder", "pooler"} and, if asked, "mlm_head"."""
+  from starbucks_jax.mlm_head import init_mlm_head_params
+  encoder_rng, pooler_rng, head_rng = jax.random.split(rng, 3)
+  params = {"encoder": init_encoder_params(config, encoder_rng), "pooler": init_pooler_params(config, pooler_rng)}
+  if with_mlm_head:
+    params["mlm_head"] = init_mlm_head_params(config, head_rng)
+  return params

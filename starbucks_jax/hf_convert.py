@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from starbucks_jax import bert
 from starbucks_jax.bert_config import BertConfig
 from starbucks_jax.errors import StarbucksError
 
@@ -168,10 +169,8 @@ def hf_to_params(state_dict: dict[str, np.ndarray], config: BertConfig, *, sourc
 
   take(POOLER_NAMES)
   if not all(hf in tensors for hf, _, _ in POOLER_NAMES):
-    rng = jax.random.key(0) if rng is None else rng
-    flat["pooler/kernel"] = config.initializer_range * np.asarray(
-        jax.random.normal(rng, (config.hidden_size, config.hidden_size)), np.float32)
-    flat["pooler/bias"] = np.zeros((config.hidden_size,), np.float32)
+    pooler = bert.init_pooler_params(config, jax.random.key(0) if rng is None else rng)
+    flat.update({f"pooler/{k}": np.asarray(v) for k, v in pooler.items()})
     report.initialized.append("pooler")
 
   head_present = [hf for hf, _, _ in MLM_HEAD_NAMES if hf in tensors]
@@ -216,6 +215,9 @@ def params_to_hf(params: dict, config: BertConfig, *, num_layers: int | None = N
     table, prefix = name_table(num_layers) + list(MLM_HEAD_NAMES), "bert."
   else:
     raise StarbucksError(f"unknown export layout {layout!r}; use 'BertModel' or 'BertForMaskedLM'")
+  absent = [path for _, path, _ in table if path not in flat]
+  if absent:
+    raise StarbucksError(f"cannot export a {layout}: the parameter tree lacks {_abbreviate(absent, 4)}")
   state = {}
   for hf_name, path, transpose in table:
     value = np.asarray(jax.device_get(flat[path]), dtype=np.float32)

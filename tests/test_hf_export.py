@@ -109,3 +109,23 @@ def test_export_command_cuts_layers_and_protects_existing_folders(minilm_dir, tm
   assert too_many.returncode == 2 and "--num-layers 7 is outside 1..6" in too_many.stderr
   no_head = run_export("--model", str(minilm_dir), "--output", str(tmp_path / "y"), "--with-mlm-head")
   assert no_head.returncode == 2 and "has no MLM head" in no_head.stderr
+
+
+def test_a_model_initialised_here_exports_and_matches_transformers(tmp_path, minilm_dir):
+  """A from-scratch model (as pre-training starts) exports, and transformers computes what we compute."""
+  import jax
+  from starbucks_jax import bert
+  from starbucks_jax.bert_config import BertConfig
+  from starbucks_jax.errors import StarbucksError
+  config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      max_position_embeddings=32)
+  params = bert.init_params(config, jax.random.key(7), with_mlm_head=True)
+  out = save_pretrained(tmp_path / "scratch", params, config, tokenizer_dir=minilm_dir)
+  ids = np.array([[101, 7592, 2088, 102, 0]], np.int32)
+  ours = bert.apply(params, ids, (ids > 0).astype(np.int32), config=config).hidden_states[-1]
+  with torch.no_grad():
+    theirs = load_without_warnings(transformers.AutoModel, out)(
+        input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(ids > 0).long()).last_hidden_state
+  assert np.abs(np.asarray(ours)[0, :4] - theirs.numpy()[0, :4]).max() < 1e-4
+  with pytest.raises(StarbucksError, match="lacks pooler/kernel"):
+    save_pretrained(tmp_path / "no_pooler", {"encoder": params["encoder"]}, config, tokenizer_dir=minilm_dir)
