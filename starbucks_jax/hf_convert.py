@@ -1,7 +1,8 @@
 """Weight conversion between Hugging Face BERT state dicts and our parameter tree, both ways.
 
-One explicit table, `NAME_TABLE`, says which Hugging Face tensor is which of our parameters; import and
-export both read it, and the parity tests check it. Hugging Face names are written in the `BertModel`
+One explicit table (`EMBEDDING_NAMES`, `LAYER_NAMES`, `POOLER_NAMES`, `MLM_HEAD_NAMES`; `name_table(n)`
+expands it for n layers) says which Hugging Face tensor is which of our parameters; import and export
+both read it, and the parity and coverage tests check it. Hugging Face names are written in the `BertModel`
 layout; the `BertForMaskedLM` / `BertForPreTraining` layouts put `bert.` before them and add `cls.*`.
 
 Our tree: {"encoder": <bert.BertEncoder params>, "pooler": {kernel, bias}, "mlm_head": <mlm_head params>};
