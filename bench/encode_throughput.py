@@ -25,6 +25,8 @@ CPU_PEAK_GFLOPS = 390.0  # this project's measured large-matmul fp32 rate on its
 
 def load_texts(n):
   path = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "train.jsonl"
+  if not path.is_file():
+    raise SystemExit(f"error: {path} is missing; this benchmark reads STS-B train from ../shared/data")
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
   return texts[:n]
@@ -44,10 +46,9 @@ def xla_flops(enc, texts, batch_size, max_length):
   """Sum of XLA's FLOP counts over the batches encode() runs for these texts."""
   ids = enc.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
   lengths = sorted((len(x) for x in ids), reverse=True)
-  buckets = encoder_lib.bucket_lengths(max_length)
   total, cache = 0.0, {}
   for start in range(0, len(lengths), batch_size):
-    length = next(b for b in buckets if b >= lengths[start])
+    length = encoder_lib.padded_length(lengths[start], max_length)
     if length not in cache:
       shape = np.zeros((batch_size, length), np.int32)
       lowered = encoder_lib._pooled_layers.lower(enc.params, shape, shape, config=enc.config,

@@ -4,8 +4,8 @@
     vectors = enc.encode(texts, layer=4, dim=128)                     # [len(texts), 128] float32
     per_layer = enc.encode_layers(texts, layers=(2, 4, 6))           # one pass, every layer asked for
 
-Texts are sorted by length and padded to a few bucket lengths (`bucket_lengths`), with a fixed batch size, so at most one
-compiled shape exists per bucket.
+Texts are sorted by length and padded to a few bucket lengths (`bucket_lengths`), with a fixed batch
+size, so at most one compiled shape exists per bucket.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
     buckets += [b for b in (length, length * 3 // 2) if b < max_length]
     length *= 2
   return buckets + [max_length]
+
+
+def padded_length(longest: int, max_length: int) -> int:
+  """The bucket a batch whose longest text has `longest` tokens is padded to."""
+  return next(b for b in bucket_lengths(max_length) if b >= longest)
 
 
 def check_pair(config: BertConfig, layer: int, dim: int) -> None:
@@ -113,15 +118,13 @@ class Encoder:
     ids = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: early failures, tight padding
-    buckets = bucket_lengths(max_length)
     results = {n: np.zeros((len(texts), self.config.hidden_size), np.float32) for n in layers}
     starts = range(0, len(texts), batch_size)
     if show_progress is None:
       show_progress = len(starts) >= SHOW_PROGRESS_FROM_BATCHES
     for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
       rows = order[start:start + batch_size]
-      longest = max(len(ids[i]) for i in rows)
-      length = next(b for b in buckets if b >= longest)
+      length = padded_length(max(len(ids[i]) for i in rows), max_length)
       input_ids = np.full((batch_size, length), self.config.pad_token_id, np.int32)
       attention_mask = np.zeros((batch_size, length), np.int32)
       for row, i in enumerate(rows):

@@ -36,7 +36,9 @@ def main(argv=None) -> None:
   output = Path(args.output)
   if output.exists() and output.resolve() == source.resolve():
     raise StarbucksError("--output is the source folder; choose another folder")
-  if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+  if output.exists() and not output.is_dir():
+    raise StarbucksError(f"output {output} exists and is a file, not a folder")
+  if output.exists() and any(output.iterdir()) and not args.overwrite:
     raise StarbucksError(f"output {output} exists and is not an empty folder (pass --overwrite to replace it)")
   config = pretrained.load_config(source)
   if args.num_layers is not None and not 1 <= args.num_layers <= config.num_hidden_layers:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the packaged MiniLM folder, a tiny random BERT folder, and the shared data."""
+"""Shared fixtures: the packaged MiniLM folder, a tiny random BERT folder, and shipped sentences."""
 
 import os
 
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -57,10 +56,9 @@ def tiny_dir(tmp_path_factory, minilm_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stsb_sentences() -> list[str]:
-  import json
-  rows = [json.loads(line) for line in (SHARED_DATA / "stsb" / "test.jsonl").read_text().splitlines()[:40]]
-  return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
+def sentences() -> list[str]:
+  """80 real sentences (SNLI) shipped in the repository, so the suite needs nothing beside the checkout."""
+  return (REPO / "data" / "quickstart" / "snli_sentences.txt").read_text().splitlines()[:80]
 
 
 def padded_batch(tokenizer, texts, max_length=64):

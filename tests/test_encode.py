@@ -30,16 +30,16 @@ def transformers_mean_pooled(model_dir, texts, max_length=256):
   return [((h * mask).sum(1) / mask.sum(1)).numpy() for h in hidden]
 
 
-def test_encode_matches_transformers_at_full_size(minilm_encoder, minilm_dir, stsb_sentences):
+def test_encode_matches_transformers_at_full_size(minilm_encoder, minilm_dir, sentences):
   assert minilm_encoder.default_pooling == "mean" and minilm_encoder.max_length == 256
-  ours = minilm_encoder.encode(stsb_sentences, layer=6, dim=384, pooling="mean", batch_size=16)
-  want = transformers_mean_pooled(minilm_dir, stsb_sentences)[6]
-  assert ours.shape == (len(stsb_sentences), 384) and ours.dtype == np.float32
+  ours = minilm_encoder.encode(sentences, layer=6, dim=384, pooling="mean", batch_size=16)
+  want = transformers_mean_pooled(minilm_dir, sentences)[6]
+  assert ours.shape == (len(sentences), 384) and ours.dtype == np.float32
   assert np.abs(ours - want).max() < 1e-5
 
 
-def test_smaller_sizes_and_one_pass_for_many_layers(minilm_encoder, minilm_dir, stsb_sentences):
-  texts = stsb_sentences[:24]
+def test_smaller_sizes_and_one_pass_for_many_layers(minilm_encoder, minilm_dir, sentences):
+  texts = sentences[:24]
   want = transformers_mean_pooled(minilm_dir, texts)
   cut = want[3][:, :64] / np.linalg.norm(want[3][:, :64], axis=1, keepdims=True)
   got = minilm_encoder.encode(texts, layer=3, dim=64, normalize=True, batch_size=8)
@@ -76,8 +76,8 @@ def run_encode(*args):
                         text=True)
 
 
-def test_cli_writes_an_array(minilm_dir, tmp_path, stsb_sentences):
-  (tmp_path / "texts.txt").write_text("\n".join(stsb_sentences[:10]) + "\n")
+def test_cli_writes_an_array(minilm_dir, tmp_path, sentences):
+  (tmp_path / "texts.txt").write_text("\n".join(sentences[:10]) + "\n")
   result = run_encode("--model", str(minilm_dir), "--layer", "4", "--dim", "128", "--pooling", "mean",
                       "--normalize", "--input", str(tmp_path / "texts.txt"), "--output", str(tmp_path / "e.npy"))
   assert result.returncode == 0, result.stderr
