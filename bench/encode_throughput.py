@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from starbucks_jax import encoder as encoder_lib
-from starbucks_jax.encode import default_model_dir
+from starbucks_jax.pretrained import default_model_dir
 from starbucks_jax.encoder import Encoder
 
 CPU_PEAK_GFLOPS = 390.0  # this project's measured large-matmul fp32 rate on its 2-core CI machine

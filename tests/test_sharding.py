@@ -1,0 +1,25 @@
+"""The same SRL loss and gradients on 1 device and on 8 (fake CPU) devices: cross-device negatives
+come from sharding the global batch, so the numbers must not depend on the device count."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).with_name("sharding_probe.py")
+
+
+@pytest.mark.parametrize("dropout, accum, mode", [(0.0, 1, "starbucks"), (0.1, 1, "starbucks"),
+                                                   (0.0, 2, "starbucks"), (0.1, 1, "2dmse")])
+def test_one_and_eight_devices_agree(dropout, accum, mode):
+  out = subprocess.run([sys.executable, str(PROBE), str(dropout), str(accum), mode], capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 8
+  assert result["loss_1"] > 0.1  # a real loss, not a degenerate zero
+  assert result["metric_diff"] <= 1e-5, result
+  assert result["grad_diff"] <= 1e-5, result
+  assert result["grad_scale"] > 1e-3  # gradients are not all zero

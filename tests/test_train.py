@@ -1,0 +1,181 @@
+"""End-to-end training: a tiny random BERT on shipped SNLI triplets, checkpoints, resume, export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from starbucks_jax.errors import StarbucksError
+
+REPO = Path(__file__).resolve().parents[1]
+TRIPLETS = REPO / "data" / "quickstart" / "snli_triplets.jsonl"
+STSB_TRAIN = REPO / "data" / "quickstart" / "stsb_train.jsonl"
+
+
+def tiny_config(model_dir, **changes):
+  from starbucks_jax.train_config import base_config
+  c = base_config()
+  c.model.name = str(model_dir)
+  c.data.source = str(TRIPLETS)
+  c.data.max_examples = 64
+  c.data.query_max_length = 32
+  c.data.passage_max_length = 32
+  c.starbucks.pairs = ((1, 8), (2, 16), (4, 32))
+  c.batch_size = 8
+  c.num_steps = 6
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 1
+  c.checkpoint.every_steps = 3
+  c.log_every_steps = 1
+  c.progress_bar = False
+  c.mesh.data = 1
+  for key, value in changes.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def run_train(config, workdir):
+  from starbucks_jax.train import train
+  return train(config, Path(workdir))
+
+
+def test_training_writes_metrics_checkpoints_and_export(tiny_dir, tmp_path):
+  summary = run_train(tiny_config(tiny_dir), tmp_path)
+  from starbucks_jax.metrics_log import read_metrics
+  rows = read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  for row in rows:
+    for key in ("loss", "lr", "examples_per_sec", "skipped_steps", "loss/n1_d8", "loss/n2_d16", "loss/n4_d32"):
+      assert key in row and np.isfinite(row[key]), key
+  assert rows[0]["lr"] == 0.0 and rows[1]["lr"] == pytest.approx(1e-3)  # one warmup step, then linear decay
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
+  assert any((tmp_path / "tensorboard").iterdir())
+  export = summary["export"]
+  assert (export / "model.safetensors").is_file() and (export / "modules.json").is_file()
+
+  # The export is the trained model: transformers reproduces our encoder at layer 4.
+  import torch
+  import transformers
+  from starbucks_jax.encoder import Encoder
+  model = transformers.AutoModel.from_pretrained(export).eval()
+  ours = Encoder.from_pretrained(export, max_length=32)
+  texts = ["a man plays a guitar", "two dogs run on the beach"]
+  tok = transformers.AutoTokenizer.from_pretrained(export)
+  enc = tok(texts, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    hidden = model(**enc).last_hidden_state
+  mask = enc["attention_mask"][..., None].float()
+  theirs = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+  np.testing.assert_allclose(ours.encode(texts, pooling="mean"), theirs, atol=1e-4)
+
+  # And it differs from the untrained model: training changed the weights.
+  untrained = Encoder.from_pretrained(tiny_dir, max_length=32).encode(texts, pooling="mean")
+  assert np.abs(untrained - theirs).max() > 1e-3
+
+
+def test_export_command_from_workdir(tiny_dir, tmp_path):
+  workdir = tmp_path / "run"
+  run_train(tiny_config(tiny_dir, **{"export.enabled": False}), workdir)
+  assert not (workdir / "export").exists()
+  from starbucks_jax.export import main
+  main(["--workdir", str(workdir), "--step", "3", "--output", str(tmp_path / "at3"), "--num-layers", "2"])
+  main(["--workdir", str(workdir), "--output", str(tmp_path / "last")])
+  import transformers
+  two = transformers.AutoConfig.from_pretrained(tmp_path / "at3")
+  assert two.num_hidden_layers == 2
+  from safetensors.numpy import load_file
+  at3, last = load_file(tmp_path / "at3" / "model.safetensors"), load_file(tmp_path / "last" / "model.safetensors")
+  key = "encoder.layer.0.attention.self.query.weight"
+  assert not np.array_equal(at3[key], last[key])  # step 3 and step 6 are different checkpoints
+  with pytest.raises(StarbucksError, match="no checkpoint at step 4"):
+    main(["--workdir", str(workdir), "--step", "4", "--output", str(tmp_path / "x")])
+  with pytest.raises(StarbucksError, match="not an empty folder"):
+    main(["--workdir", str(workdir), "--output", str(tmp_path / "last")])
+
+
+def test_separate_mode_trains_and_exports_a_cut_model(tiny_dir, tmp_path):
+  summary = run_train(tiny_config(tiny_dir, **{"starbucks.mode": "separate", "starbucks.pairs": ((2, 16),),
+                                               "starbucks.kl": "none", "num_steps": 2}), tmp_path)
+  import transformers
+  assert transformers.AutoConfig.from_pretrained(summary["export"]).num_hidden_layers == 2
+  assert "loss/n2_d16" in summary["metrics"]
+
+
+def test_cosent_on_scored_pairs(tiny_dir, tmp_path):
+  summary = run_train(tiny_config(tiny_dir, **{"data.source": str(STSB_TRAIN), "starbucks.objective": "cosent",
+                                               "num_steps": 2, "export.enabled": False}), tmp_path)
+  assert np.isfinite(summary["metrics"]["loss"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"starbucks.pairs": ((2, 16), (1, 8))}, "sorted|increasing"),
+    ({"starbucks.pairs": ((1, 8), (5, 16))}, "layer 5"),
+    ({"starbucks.pairs": ((1, 8), (2, 33))}, "33"),
+    ({"data.source": "/nonexistent/triplets.jsonl"}, "/nonexistent/triplets.jsonl"),
+    ({"data.source": str(STSB_TRAIN), "data.kind": "triplets"}, "anchor|positive|negative"),
+    ({"starbucks.objective": "cosent"}, "cosent"),
+    ({"model.pooling": "max"}, "pooling"),
+    ({"optimizer.lr": -1.0}, "lr"),
+    ({"model.hidden_dropout": 1.5}, "dropout"),
+    ({"model.name": "/nonexistent/model"}, "/nonexistent/model"),
+])
+def test_bad_config_fails_before_weights_load_or_anything_compiles(tiny_dir, tmp_path, monkeypatch, changes,
+                                                                   message):
+  from starbucks_jax import pretrained, train_step
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("reached weight loading / compilation with a bad config")
+
+  monkeypatch.setattr(pretrained, "load_pretrained", must_not_run)
+  monkeypatch.setattr(train_step, "init_state", must_not_run)
+  with pytest.raises(StarbucksError, match=message):
+    run_train(tiny_config(tiny_dir, **changes), tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workdir_of_another_run_is_refused(tiny_dir, tmp_path):
+  run_train(tiny_config(tiny_dir, num_steps=3, **{"export.enabled": False}), tmp_path)
+  saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  with pytest.raises(StarbucksError, match="different config.*optimizer"):
+    run_train(tiny_config(tiny_dir, num_steps=3, **{"optimizer.lr": 5e-4}), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == saved
+
+
+def _cli(workdir, model_dir, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  overrides = [f"--config.model.name={model_dir}", "--config.data.max_examples=96", "--config.batch_size=8",
+               "--config.num_steps=10", "--config.checkpoint.every_steps=4", "--config.log_every_steps=1",
+               "--config.starbucks.pairs=((1,8),(2,16),(4,32))", "--config.data.query_max_length=32",
+               "--config.data.passage_max_length=32", "--config.mesh.data=1", "--config.progress_bar=False",
+               "--config.optimizer.lr=1e-3"]
+  return subprocess.run([sys.executable, "-m", "starbucks_jax.train", "--config", str(REPO / "configs" / "quickstart.py"),
+                         "--workdir", str(workdir)] + overrides, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tiny_dir, tmp_path):
+  whole = _cli(tmp_path / "whole", tiny_dir)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  killed = _cli(tmp_path / "killed", tiny_dir, {"STARBUCKS_FAULT_KILL_AT_STEP": "7"})
+  assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, after the checkpoint at step 4
+  assert not (tmp_path / "killed" / "export").exists()
+  resumed = _cli(tmp_path / "killed", tiny_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from the checkpoint at step 4" in resumed.stderr
+
+  from starbucks_jax.metrics_log import read_metrics
+  drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+  expected, got = drop_timing(read_metrics(tmp_path / "whole")), drop_timing(read_metrics(tmp_path / "killed"))
+  assert [r["step"] for r in got] == list(range(1, 11))
+  assert got == expected
+  from safetensors.numpy import load_file
+  a = load_file(tmp_path / "whole" / "export" / "model.safetensors")
+  b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
