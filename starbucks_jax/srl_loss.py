@@ -45,10 +45,12 @@ Matryoshka2dLoss semantics (sentence-transformers 6.2.0: `sentence_transformer/l
          KL(softmax(stop_grad(e_L) / T) || softmax(e_j / T)), T = st_kl_temperature, batchmean.
   `n_layers_per_step` distinct prior layers are drawn uniformly from the candidates (all when -1
   or >= the number of candidates). layer_weight is ST 6.2's default "uniform" weighting, 1 for
-  every layer (ST before 6.2 used 1 / (1 + j); the "log" / "linear" options are not offered here).
-- The KL uses each layer's FULL-dimension, unnormalised pooled vectors (ST collects them before
-  `shrink`), for every column of the batch (queries, positives, negatives: N = B * (1 + G) rows),
-  and DETACHES the last layer (ST #3757). T = 0 switches the KL off, as in ST.
+  every layer (older ST versions used 1 / (1 + j), now its "linear" option; the "log" and "linear"
+  options are not offered here).
+- The KL uses each layer's FULL-dimension, unnormalised pooled vectors (ST collects the model's
+  output before `shrink`; for a Transformer + Pooling model, with no Normalize module, that is the
+  pooled vector), for every column of the batch (queries, positives, negatives: N = B * (1 + G) rows),
+  and DETACHES the last layer (ST #3757; older versions did not). T = 0 switches the KL off, as in ST.
 - The sampled dims here are drawn by index from ascending `dims`; ST sorts descending, and uniform
   draws make that the same distribution.
 Sampling runs inside jit from `rng`: the sampled layer is a dynamic index into a stacked

@@ -18,6 +18,7 @@ KEY = jax.random.PRNGKey(0)
 
 # Compiled once per spec (a static argument, as in training): much faster here than op-by-op dispatch.
 jit_srl_loss = jax.jit(srl_loss, static_argnums=(3,))
+jit_sample_2dmse = jax.jit(srl.sample_2dmse, static_argnums=(0,))
 _loss_and_grads = jax.jit(jax.value_and_grad(srl_loss, argnums=(0, 1), has_aux=True), static_argnums=(3,))
 
 
@@ -30,7 +31,6 @@ def loss_and_checked_grads(query, passage, labels, spec, rng, check_grads=True):
   assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
   assert any(np.abs(leaf).max() > 0 for leaf in leaves)
   return total, metrics
-jit_sample_2dmse = jax.jit(srl.sample_2dmse, static_argnums=(0,))
 
 
 # --- numpy references: written as loops, straight from the definitions ---------------------------
@@ -280,8 +280,9 @@ def test_2dmse_matches_numpy_given_the_draws(name):
     last_dims = [spec.dims[i] for i in np.asarray(sample.last_dim_index)]
     prior_dims = [[spec.dims[i] for i in row] for row in np.asarray(sample.prior_dim_index)]
     want = np_mse2d(query, passage, labels, spec, prior_layers, last_dims, prior_dims)
-    total, metrics = loss_and_checked_grads(as_jax(query), as_jax(passage), jlabels, spec, rng)
-    compiled.append(_loss_and_grads._cache_size())
+    total, metrics = loss_and_checked_grads(as_jax(query), as_jax(passage), jlabels, spec, rng,
+                                           check_grads=name != "many_per_step")
+    compiled.append((_loss_and_grads._cache_size(), jit_srl_loss._cache_size()))
     np.testing.assert_allclose(total, want, rtol=1e-5)
     assert metrics["2dmse/prior_layer"] == prior_layers[0] and metrics["2dmse/last_dim"] == last_dims[0]
     for n, d in spec.pairs:  # monitor pairs: normalised cut, as 2dmse trains them
@@ -292,17 +293,17 @@ def test_2dmse_matches_numpy_given_the_draws(name):
 
 def test_2dmse_draw_counts_and_reach():
   spec = spec_of(**MSE2D["defaults"])
-  draws = [jit_sample_2dmse(spec, key) for key in jax.random.split(KEY, 300)]  # one compile, 300 calls
-  layers = np.array([np.asarray(d.prior_layer_index) for d in draws])
-  assert layers.shape == (300, 1) and draws[0].prior_dim_index.shape == (1, 1)
+  draws = jax.jit(jax.vmap(lambda key: srl.sample_2dmse(spec, key)))(jax.random.split(KEY, 300))
+  layers = np.asarray(draws.prior_layer_index)
+  assert layers.shape == (300, 1) and draws.prior_dim_index.shape == (300, 1, 1)
   assert set(layers.ravel()) == set(range(len(spec.layers)))  # layer 0 (the embedding output) too
-  assert set(np.concatenate([np.asarray(d.last_dim_index) for d in draws])) == set(range(len(spec.dims)))
-  assert set(np.concatenate([np.asarray(d.prior_dim_index[0]) for d in draws])) == set(range(len(spec.dims)))
+  assert set(np.asarray(draws.last_dim_index).ravel()) == set(range(len(spec.dims)))
+  assert set(np.asarray(draws.prior_dim_index).ravel()) == set(range(len(spec.dims)))
   # Uniform over 4 candidates: every count near 75 (a loose bound; a bias would show).
   assert np.bincount(layers.ravel(), minlength=4).min() > 40
   many = spec_of(**MSE2D["many_per_step"])
-  for key in jax.random.split(KEY, 20):
-    draw = jit_sample_2dmse(many, key)
+  for seed in range(5):
+    draw = jit_sample_2dmse(many, jax.random.PRNGKey(seed))
     assert draw.prior_layer_index.shape == (2,) and draw.prior_layer_index[0] < draw.prior_layer_index[1]
     np.testing.assert_array_equal(draw.last_dim_index, np.arange(4))  # n_dims_per_step=-1: every dim
     np.testing.assert_array_equal(draw.prior_dim_index, np.tile(np.arange(4), (2, 1)))
@@ -439,12 +440,14 @@ def test_2dmse_equals_sentence_transformers(objective, tiny_dir, sentences, monk
 
   spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, layers=srl.st_2dmse_layers(4), dims=dims,
                      objective=objective, group_size=group_size)
-  for seed in range(2):
-    rng = jax.random.PRNGKey(seed)
-    sample = jit_sample_2dmse(spec, rng)
-    # ST draws with random.sample: dims by index into its descending dims, then the prior layer.
-    answers = [[len(dims) - 1 - int(sample.last_dim_index[0])], [spec.layers[int(sample.prior_layer_index[0])]],
-               [len(dims) - 1 - int(sample.prior_dim_index[0, 0])]]
+  loss_given_draws = jax.jit(srl.mse2d_loss, static_argnums=(3,))
+  # (prior layer, last layer's dim, prior layer's dim), as indices: the embedding output (layer 0) included.
+  for layer_index, last_dim_index, prior_dim_index in [(0, 2, 0), (3, 0, 1), (1, 1, 2)]:
+    sample = srl.Mse2dSample(jnp.array([layer_index], jnp.int32), jnp.array([last_dim_index], jnp.int32),
+                             jnp.array([[prior_dim_index]], jnp.int32))
+    # ST draws with random.sample: the last layer's dim (an index into its DEScending dims), then the
+    # prior layer (hidden_states 0..3), then the prior layer's dim.
+    answers = [[len(dims) - 1 - last_dim_index], [spec.layers[layer_index]], [len(dims) - 1 - prior_dim_index]]
     populations = [len(dims), 4, len(dims)]
 
     def fake_sample(population, k):
@@ -457,7 +460,7 @@ def test_2dmse_equals_sentence_transformers(objective, tiny_dir, sentences, monk
       want = float(st_loss(features, torch.tensor(labels)))
     monkeypatch.undo()
     assert not answers
-    got, _ = jit_srl_loss(query, passage, jnp.asarray(labels) if objective == "cosent" else None, spec, rng)
+    got, _ = loss_given_draws(query, passage, jnp.asarray(labels) if objective == "cosent" else None, spec, sample)
     np.testing.assert_allclose(float(got), want, rtol=2e-5)
 
 
