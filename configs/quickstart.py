@@ -24,9 +24,10 @@ def get_config():
   c.model.name = "minilm"  # the packaged all-MiniLM-L6-v2
   c.model.pooling = "mean"  # what all-MiniLM-L6-v2 was trained with
   c.data.source = os.path.join(REPO, "data", "quickstart", "snli_triplets.jsonl")
-  # SNLI sentences are short: 48 tokens (buckets 16, 32, 48) truncate almost none and keep steps cheap.
-  c.data.query_max_length = 48
-  c.data.passage_max_length = 48
+  # SNLI sentences are short: 32 tokens cut 3% of premises and under 0.1% of hypotheses, and keep a
+  # step (32 queries + 64 passages, padded alike) under 2 s on 2 cores.
+  c.data.query_max_length = 32
+  c.data.passage_max_length = 32
   c.starbucks.pairs = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
   c.batch_size = 32
   c.num_epochs = 1.0

@@ -1,5 +1,7 @@
 """The training step and optimizer: accumulation, skipped non-finite steps, frozen parts, schedules."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -121,3 +123,31 @@ def test_gradients_are_clipped_before_adam():
     _, state = tx.update(grads, tx.init(params), params)
     mu = optax.tree.get(state, "mu")  # Adam's first moment after one step: (1 - b1) x the clipped gradient
     assert float(optax.tree.norm(mu)) == pytest.approx(0.1 * expected_norm, rel=1e-5)
+
+
+def test_remat_and_bfloat16_options():
+  params = bert.init_params(CONFIG, jax.random.key(0))
+  b = batch()
+  loss_and_grads = lambda s: jax.jit(jax.value_and_grad(
+      lambda p: train_step.compute_loss(p, b, jax.random.key(1), s)[0]))(params)
+  base = settings()
+  loss, grads = loss_and_grads(base)
+  remat_loss, remat_grads = loss_and_grads(dataclasses.replace(base, remat=True))
+  assert float(remat_loss) == pytest.approx(float(loss), rel=1e-6)
+  for a, r in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+    # Recomputed activations may sum in another order: compare against each tensor's scale.
+    assert np.abs(np.asarray(r) - np.asarray(a)).max() <= 1e-4 * np.abs(np.asarray(a)).max() + 1e-8
+  bf16_loss, bf16_grads = loss_and_grads(dataclasses.replace(base, dtype="bfloat16"))
+  assert float(bf16_loss) == pytest.approx(float(loss), rel=3e-2)  # bfloat16 keeps ~3 significant digits
+  assert float(bf16_loss) != float(loss)  # and it did compute in bfloat16
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(bf16_grads))  # parameters stay float32
+
+
+def test_dropout_rate_zero_turns_dropout_off():
+  params = bert.init_params(CONFIG, jax.random.key(0))
+  b = batch()
+  loss = lambda s, seed: float(train_step.compute_loss(params, b, jax.random.key(seed), s)[0])
+  off = settings()
+  on = dataclasses.replace(off, model_config=CONFIG.replace(hidden_dropout_prob=0.1))
+  assert loss(off, 1) == loss(off, 2)  # deterministic without dropout
+  assert loss(on, 1) != loss(on, 2)    # dropout masks follow the step's rng
