@@ -36,7 +36,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax import data_sources
-from starbucks_jax.data_sources import KINDS, as_passages
+from starbucks_jax.data_checks import as_passages
+from starbucks_jax.data_sources import KINDS
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
