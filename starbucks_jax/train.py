@@ -36,15 +36,29 @@ def parse_flags(argv) -> tuple:
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "an ml_collections config file", flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go", flag_values=flag_values)
+  argv = list(argv)
+  for i, arg in enumerate(argv):  # name a missing config file plainly, before absl's longer report
+    if arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    else:
+      continue
+    config_file = Path(path.split(":")[0])  # FILE[:ARG]
+    if not config_file.is_file():
+      raise StarbucksError(f"config file {config_file} does not exist")
   try:
-    flag_values(["starbucks_jax.train"] + list(argv))
-  except (flags.Error, FileNotFoundError, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
-    raise StarbucksError(f"bad command line: {e}") from None
-  if flag_values.config is None:
+    flag_values(["starbucks_jax.train"] + argv)
+    config = flag_values.config
+    if config is not None:
+      config.to_dict()  # a config file that failed to load raises only when first used
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError, SyntaxError) as e:
+    raise StarbucksError(f"bad command line: {' '.join(str(e).split())}") from None
+  if config is None:
     raise StarbucksError("--config is required (for example --config configs/quickstart.py)")
   if not flag_values.workdir:
     raise StarbucksError("--workdir is required")
-  return flag_values.config, Path(flag_values.workdir)
+  return config, Path(flag_values.workdir)
 
 
 def resolve_model(name: str) -> Path:

@@ -179,3 +179,67 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_dir, tmp_path):
   a = load_file(tmp_path / "whole" / "export" / "model.safetensors")
   b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _write_tevatron(path, queries=24, negatives=2):
+  rows = []
+  for i in range(queries):
+    rows.append({"query_id": str(i), "query": f"what is topic number {i} about",
+                 "positive_passages": [{"docid": f"p{i}", "title": f"topic {i}", "text": f"a passage about topic {i}"}],
+                 "negative_passages": [{"docid": f"n{i}_{k}", "title": "", "text": f"unrelated text {i} {k}"}
+                                       for k in range(negatives if i % 3 else 0)]})  # every third query has none
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def test_tevatron_groups_dot_product_cls_two_forward_passes(tiny_dir, tmp_path, caplog):
+  source = _write_tevatron(tmp_path / "groups.jsonl")
+  config = tiny_config(tiny_dir, **{"data.source": str(source), "data.train_group_size": 4, "data.same_length": False,
+                                    "data.query_max_length": 16, "data.passage_max_length": 32,
+                                    "starbucks.similarity": "dot", "model.pooling": "cls", "grad_accum_steps": 2,
+                                    "num_steps": 3, "export.enabled": False})
+  with caplog.at_level("WARNING", logger="starbucks_jax"):
+    summary = run_train(config, tmp_path / "run")
+  assert any("fewer than 3 hard negatives" in r.getMessage() for r in caplog.records)
+  assert np.isfinite(summary["metrics"]["loss"]) and "loss/n4_d32" in summary["metrics"]
+
+
+def test_one_and_two_forward_passes_agree():
+  """Queries and passages padded to one length share a forward pass; padded apart they get two."""
+  import jax
+  from starbucks_jax import bert, train_step
+  from starbucks_jax.bert_config import BertConfig
+  from starbucks_jax.srl_loss import SrlLossSpec
+  config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=24, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+  spec = SrlLossSpec(mode="starbucks", num_model_layers=2, hidden_size=16, pairs=((1, 8), (2, 16)), group_size=2)
+  settings = train_step.StepSettings(model_config=config, spec=spec)
+  params = bert.init_params(config, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  ids = lambda rows: rng.integers(5, 50, (rows, 8)).astype(np.int32)
+  same = {"query_input_ids": ids(4), "query_attention_mask": np.ones((4, 8), np.int32),
+          "passage_input_ids": ids(8), "passage_attention_mask": np.ones((8, 8), np.int32)}
+  apart = dict(same, query_input_ids=np.pad(same["query_input_ids"], ((0, 0), (0, 4))),
+               query_attention_mask=np.pad(same["query_attention_mask"], ((0, 0), (0, 4))))
+  one = train_step.compute_loss(params, same, jax.random.key(1), settings)
+  two = train_step.compute_loss(params, apart, jax.random.key(1), settings)
+  for key in one[1]:
+    assert float(two[1][key]) == pytest.approx(float(one[1][key]), rel=1e-5), key
+
+
+def test_command_line_errors_name_the_problem(tmp_path):
+  from starbucks_jax.train import main
+  with pytest.raises(StarbucksError, match="--config is required"):
+    main(["--workdir", str(tmp_path)])
+  with pytest.raises(StarbucksError, match="config file .*missing.py does not exist"):
+    main(["--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path)])
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n")
+  with pytest.raises(StarbucksError, match="bad command line"):
+    main(["--config", str(broken), "--workdir", str(tmp_path)])
+  with pytest.raises(StarbucksError, match="bad command line.*no_such_key"):
+    main(["--config", str(REPO / "configs" / "quickstart.py"), "--workdir", str(tmp_path),
+          "--config.optimizer.no_such_key=1"])
+  with pytest.raises(StarbucksError, match="--workdir is required"):
+    main(["--config", str(REPO / "configs" / "quickstart.py")])
