@@ -4,8 +4,8 @@
 
 Same data, batch, schedule and model as `srl_allnli_bert_base.py`; each step trains the last layer and
 one randomly sampled earlier layer, at randomly sampled dims, with KL alignment of the sampled layer
-to the last (see `starbucks_jax/srl_loss.py` for the exact semantics and the version followed). The
-logged per-pair losses are the six Starbucks pairs, computed for monitoring only.
+to the last (`starbucks_jax/matryoshka2d_loss.py` gives the exact semantics and the version followed).
+The logged per-pair losses are the six Starbucks pairs, computed for monitoring only.
 Expected result: below Starbucks at the small sizes (arXiv 2410.13230, Table 1); not yet run here.
 """
 

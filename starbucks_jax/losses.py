@@ -8,6 +8,8 @@
   the Starbucks paper's retrieval formulation (ielab/Starbucks `retrieval/modeling.py`).
 - `embedding_kl`: KL between softmaxes over embedding coordinates, teacher NOT detached: the
   Starbucks paper's sentence-transformers (STS) formulation (ielab/Starbucks `sts/starbucks_loss.py`).
+- `pair_scores`, `objective_loss`: one (layer, dim) sub-model's logits and MNRL / CoSENT loss under
+  an `SrlLossSpec`'s similarity and objective (shared by `srl_loss.py` and `matryoshka2d_loss.py`).
 
 Matrix products run at `Precision.HIGHEST`: on TPU the default would round float32 operands to
 bfloat16, and the losses are cheap next to the encoder, so exact float32 costs nothing that matters.
@@ -15,10 +17,15 @@ bfloat16, and the losses are cheap next to the encoder, so exact float32 costs n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
 import jax
 import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
+
+if TYPE_CHECKING:
+  from starbucks_jax.srl_loss import SrlLossSpec
 
 SIMILARITIES = ("cosine", "dot")
 
@@ -133,3 +140,24 @@ def embedding_kl(student_emb: jnp.ndarray, teacher_emb: jnp.ndarray) -> jnp.ndar
     teacher_emb: [N, d] full-model embeddings, cut to the same d.
   """
   return jnp.mean(_kl_rows(student_emb.astype(jnp.float32), teacher_emb.astype(jnp.float32)))
+
+
+def pair_scores(query: jnp.ndarray, passage: jnp.ndarray, spec: SrlLossSpec, *, normalize: bool) -> jnp.ndarray:
+  """[B, B*G] logits of (already cut) embeddings under `spec`'s similarity; normalise first when asked.
+
+  `normalize` matters for "dot" only: "cosine" normalises inside `similarity_scores` anyway.
+  """
+  if normalize:
+    query, passage = l2_normalize(query), l2_normalize(passage)
+  return similarity_scores(query, passage, similarity=spec.similarity, scale=spec.scale,
+                           temperature=spec.temperature)
+
+
+def objective_loss(scores: jnp.ndarray, labels: Optional[jnp.ndarray], spec: SrlLossSpec) -> jnp.ndarray:
+  """`spec`'s objective on a pair's `pair_scores`: MNRL, or CoSENT on the diagonal with `labels`.
+
+  CoSENT has G = 1: pair i is (query i, passage i), and `labels` are its [B] similarity labels.
+  """
+  if spec.objective == "mnrl":
+    return mnrl_loss(scores, spec.group_size)
+  return cosent_loss(jnp.diagonal(scores), labels)

@@ -68,7 +68,8 @@ def resolve_model(name: str) -> Path:
 
 def make_loss_spec(config, model_config):
   """The loss spec for `config.starbucks`; each mode gets only the fields it reads."""
-  from starbucks_jax.srl_loss import SrlLossSpec, st_2dmse_layers
+  from starbucks_jax.matryoshka2d_loss import st_2dmse_layers
+  from starbucks_jax.srl_loss import SrlLossSpec
   s = config.starbucks
   ints = lambda values: tuple(int(v) for v in values)
   pairs = tuple(ints(pair) for pair in s.pairs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import losses
-from starbucks_jax import srl_loss as srl
+from starbucks_jax import matryoshka2d_loss as mse2d
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.srl_loss import SrlLossSpec, srl_loss
 
@@ -18,7 +18,7 @@ KEY = jax.random.PRNGKey(0)
 
 # Compiled once per spec (a static argument, as in training): much faster here than op-by-op dispatch.
 jit_srl_loss = jax.jit(srl_loss, static_argnums=(3,))
-jit_sample_2dmse = jax.jit(srl.sample_2dmse, static_argnums=(0,))
+jit_sample_2dmse = jax.jit(mse2d.sample_2dmse, static_argnums=(0,))
 _loss_and_grads = jax.jit(jax.value_and_grad(srl_loss, argnums=(0, 1), has_aux=True), static_argnums=(3,))
 
 
@@ -256,7 +256,7 @@ def test_score_kl_schedule_does_not_train_the_full_pair_through_kl():
 # --- 2dmse ---------------------------------------------------------------------------------------
 
 MSE2D = {
-    "defaults": dict(mode="2dmse", layers=srl.st_2dmse_layers(NUM_LAYERS), dims=(4, 8, 16), group_size=2,
+    "defaults": dict(mode="2dmse", layers=mse2d.st_2dmse_layers(NUM_LAYERS), dims=(4, 8, 16), group_size=2,
                      pairs=((2, 8), (4, 16))),
     "many_per_step": dict(mode="2dmse", layers=(1, 2, 3), dims=(4, 8, 12, 16), n_layers_per_step=2,
                           n_dims_per_step=-1, pair_weights=(1, 2, 3, 4), last_layer_weight=2.0,
@@ -293,7 +293,7 @@ def test_2dmse_matches_numpy_given_the_draws(name):
 
 def test_2dmse_draw_counts_and_reach():
   spec = spec_of(**MSE2D["defaults"])
-  draws = jax.jit(jax.vmap(lambda key: srl.sample_2dmse(spec, key)))(jax.random.split(KEY, 300))
+  draws = jax.jit(jax.vmap(lambda key: mse2d.sample_2dmse(spec, key)))(jax.random.split(KEY, 300))
   layers = np.asarray(draws.prior_layer_index)
   assert layers.shape == (300, 1) and draws.prior_dim_index.shape == (300, 1, 1)
   assert set(layers.ravel()) == set(range(len(spec.layers)))  # layer 0 (the embedding output) too
@@ -393,7 +393,7 @@ def test_input_errors():
   with pytest.raises(StarbucksError, match=r"cosent objective needs labels of shape \(4,\)"):
     srl_loss(as_jax(query), as_jax(passage), None, cosent, KEY)
   with pytest.raises(StarbucksError, match="sample_2dmse needs a 2dmse spec"):
-    srl.sample_2dmse(spec, KEY)
+    mse2d.sample_2dmse(spec, KEY)
 
 
 # --- against sentence-transformers' own loss modules ----------------------------------------------
@@ -438,13 +438,13 @@ def test_2dmse_equals_sentence_transformers(objective, tiny_dir, sentences, monk
   # Query-major docs: row i*G is query i's positive, row i*G+1 its hard negative.
   passage = {n: jnp.asarray(np.stack([c[n] for c in per_column[1:]], axis=1).reshape(-1, 32)) for n in range(5)}
 
-  spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, layers=srl.st_2dmse_layers(4), dims=dims,
+  spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, layers=mse2d.st_2dmse_layers(4), dims=dims,
                      objective=objective, group_size=group_size)
-  loss_given_draws = jax.jit(srl.mse2d_loss, static_argnums=(3,))
+  loss_given_draws = jax.jit(mse2d.mse2d_loss, static_argnums=(3,))
   # (prior layer, last layer's dim, prior layer's dim), as indices: the embedding output (layer 0) included.
   for layer_index, last_dim_index, prior_dim_index in [(0, 2, 0), (3, 0, 1), (1, 1, 2)]:
-    sample = srl.Mse2dSample(jnp.array([layer_index], jnp.int32), jnp.array([last_dim_index], jnp.int32),
-                             jnp.array([[prior_dim_index]], jnp.int32))
+    sample = mse2d.Mse2dSample(jnp.array([layer_index], jnp.int32), jnp.array([last_dim_index], jnp.int32),
+                               jnp.array([[prior_dim_index]], jnp.int32))
     # ST draws with random.sample: the last layer's dim (an index into its DEScending dims), then the
     # prior layer (hidden_states 0..3), then the prior layer's dim.
     answers = [[len(dims) - 1 - last_dim_index], [spec.layers[layer_index]], [len(dims) - 1 - prior_dim_index]]
