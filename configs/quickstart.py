@@ -34,6 +34,10 @@ def get_config():
   c.optimizer.lr = 1e-4
   c.optimizer.warmup_ratio = 0.1
   c.optimizer.weight_decay = 0.0
+  # At the end, STS-B test Spearman at every pair goes into metrics.jsonl (about 20 s).
+  c.eval.sts = (os.path.join(REPO, "data", "quickstart", "stsb_test.jsonl"),)
+  c.eval.query_max_length = 128
+  c.eval.passage_max_length = 128
   c.checkpoint.every_steps = 50
   c.log_every_steps = 5
   return c

@@ -29,6 +29,7 @@ def get_config():
   c.starbucks.mode = "starbucks"
   c.starbucks.objective = "mnrl"
   c.starbucks.similarity = "dot"
+  c.eval.similarity = "dot"
   c.starbucks.temperature = 1.0
   c.starbucks.normalize = False
   c.starbucks.kl = "scores"

@@ -129,7 +129,7 @@ def check_workdir(workdir: Path, config) -> None:
     return
   previous, current = json.loads(saved.read_text()), json.loads(config.to_json_best_effort())
   # Where to log, checkpoint or export may change between restarts; what is trained may not.
-  volatile = {"checkpoint", "log_every_steps", "tensorboard", "progress_bar", "export"}
+  volatile = {"checkpoint", "log_every_steps", "tensorboard", "progress_bar", "export", "eval"}
   changed = sorted(k for k in set(previous) | set(current)
                    if k not in volatile and previous.get(k) != current.get(k))
   if changed and (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
@@ -168,6 +168,10 @@ def train(config, workdir: Path) -> dict:
                          "(cosent needs scored pairs, mnrl needs pairs, triplets or retrieval groups)")
   import dataclasses
   spec = dataclasses.replace(spec, group_size=train_data.group_size)  # validates again
+
+  from starbucks_jax.train_eval import TrainingEvaluator
+  evaluator = TrainingEvaluator(config.eval, model_config, tokenizer, pooling=config.model.pooling,
+                                default_pairs=spec.log_pairs())
 
   from starbucks_jax import checkpoints, sharding, train_step
   mesh = sharding.make_mesh(config.mesh)
@@ -227,14 +231,21 @@ def train(config, workdir: Path) -> dict:
     state, metrics = step_fn(state, sharding.put_batch(local_batch, mesh))
     window_steps += 1
     done = step + 1
+    row = {}
     if done % config.log_every_steps == 0 or done == total_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       elapsed = time.perf_counter() - window_start
       last_metrics = {"loss": metrics.pop("loss"), "lr": float(schedule(step)),
                       "examples_per_sec": window_steps * config.batch_size / elapsed,
                       "skipped_steps": int(jax.device_get(state.skipped_steps)), **metrics}
-      metrics_log.write(done, last_metrics)
+      row.update(last_metrics)
       progress.set_postfix(loss=f"{last_metrics['loss']:.4f}", ex_s=f"{last_metrics['examples_per_sec']:.1f}")
+    if is_main and evaluator.due(done, total_steps):
+      scores = evaluator(state.params)
+      row.update(scores)
+      log.info("evaluation at step %d: %s", done, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    if row:
+      metrics_log.write(done, row)
       window_start, window_steps = time.perf_counter(), 0
     run_checkpoints.save(state, force=done == total_steps)
     progress.update(1)

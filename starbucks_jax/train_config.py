@@ -81,6 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.progress_bar = True
 
+  # Evaluation during training (process 0), results into metrics.jsonl as eval/<dataset>/n{n}_d{d}/<metric>.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 0              # 0: only evaluate when sets are given, at the end; N: also every N steps
+  c.eval.sts = ()                     # files with sentence1, sentence2, score
+  c.eval.beir = ()                    # BEIR folders (corpus.jsonl, queries.jsonl, qrels/test.tsv)
+  c.eval.pairs = ()                   # (layer, dim) pairs to score; empty: starbucks.pairs
+  c.eval.batch_size = 64
+  c.eval.query_max_length = 32
+  c.eval.passage_max_length = 256
+  c.eval.similarity = "cosine"        # BEIR scoring: "cosine" | "dot" (match starbucks.similarity)
+
   c.export = ml_collections.ConfigDict()
   c.export.enabled = True             # write workdir/export at the end
   c.export.normalize = False          # add sentence-transformers' Normalize module

@@ -243,3 +243,18 @@ def test_command_line_errors_name_the_problem(tmp_path):
           "--config.optimizer.no_such_key=1"])
   with pytest.raises(StarbucksError, match="--workdir is required"):
     main(["--config", str(REPO / "configs" / "quickstart.py")])
+
+
+def test_evaluation_during_training_goes_into_metrics(tiny_dir, tmp_path):
+  stsb_test = REPO / "data" / "quickstart" / "stsb_test.jsonl"
+  run_train(tiny_config(tiny_dir, **{"eval.sts": (str(stsb_test),), "eval.every_steps": 3,
+                                     "export.enabled": False}), tmp_path)
+  from starbucks_jax.metrics_log import read_metrics
+  rows = {r["step"]: r for r in read_metrics(tmp_path)}
+  for step in (3, 6):
+    for n, d in ((1, 8), (2, 16), (4, 32)):
+      value = rows[step][f"eval/stsb_test/n{n}_d{d}/spearman"]
+      assert -100 <= value <= 100
+  assert not any(k.startswith("eval/") for k in rows[2])
+  with pytest.raises(StarbucksError, match="missing.jsonl"):
+    run_train(tiny_config(tiny_dir, **{"eval.sts": (str(tmp_path / "missing.jsonl"),)}), tmp_path / "other")

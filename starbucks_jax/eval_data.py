@@ -1,0 +1,184 @@
+"""Evaluation data: STS files of scored sentence pairs and BEIR retrieval folders, loaded once.
+
+    sts = load_sts("data/quickstart/stsb_test.jsonl")      # StsSet: sentence1, sentence2, scores
+    beir = load_beir("data/beir/msmarco-dl19-slice")        # BeirSet: corpus, queries in qrels, qrels
+
+STS files are jsonl (or a .json list), csv or tsv with the columns `sentence1, sentence2, score`.
+A BEIR folder holds `corpus.jsonl {_id, title, text}`, `queries.jsonl {_id, text}` and
+`qrels/<split>.tsv` with the header `query-id corpus-id score`. Anything missing or malformed raises a
+StarbucksError that names the file and, where it applies, the column or line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from starbucks_jax.errors import StarbucksError
+
+log = logging.getLogger(__name__)
+
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+QRELS_COLUMNS = ("query-id", "corpus-id", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class StsSet:
+  """Scored sentence pairs; `scores` are the gold similarities, in whatever scale the file uses."""
+  name: str
+  sentence1: list[str]
+  sentence2: list[str]
+  scores: np.ndarray  # [pairs] float64
+
+  def __len__(self) -> int:
+    return len(self.sentence1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BeirSet:
+  """A retrieval test set: the corpus, the queries that have judgements, and the judgements."""
+  name: str
+  corpus_ids: list[str]
+  passages: list[str]          # title + " " + text, or the text alone when the title is empty
+  query_ids: list[str]         # only the queries that appear in the qrels, in queries.jsonl order
+  queries: list[str]
+  qrels: dict[str, dict[str, int]]  # {query id: {corpus id: relevance grade}}
+
+
+def load_sts(path: str | Path, name: str | None = None) -> StsSet:
+  """Reads an STS file (.jsonl/.json/.csv/.tsv) with the columns sentence1, sentence2, score."""
+  path = Path(path)
+  rows = _read_table(path)
+  if not rows:
+    raise StarbucksError(f"STS file {path} has no rows")
+  for column in STS_COLUMNS:
+    if column not in rows[0]:
+      raise StarbucksError(f"STS file {path} has no column {column!r} (its columns: "
+                           f"{', '.join(map(str, rows[0]))}); it needs {', '.join(STS_COLUMNS)}")
+  sentence1, sentence2, scores = [], [], []
+  for number, row in enumerate(rows, 1):
+    if any(row.get(c) is None for c in STS_COLUMNS):
+      missing = next(c for c in STS_COLUMNS if row.get(c) is None)
+      raise StarbucksError(f"STS file {path}, row {number}: column {missing!r} is missing or empty")
+    try:
+      scores.append(float(row["score"]))
+    except (TypeError, ValueError):
+      raise StarbucksError(f"STS file {path}, row {number}: score {row['score']!r} is not a number") from None
+    sentence1.append(str(row["sentence1"]))
+    sentence2.append(str(row["sentence2"]))
+  return StsSet(name or path.stem, sentence1, sentence2, np.asarray(scores, np.float64))
+
+
+def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirSet:
+  """Reads a BEIR folder; only the queries that appear in `qrels/<split>.tsv` are kept."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise StarbucksError(f"BEIR folder {folder} does not exist")
+  qrels_file = folder / "qrels" / f"{split}.tsv"
+  if not qrels_file.is_file():
+    raise StarbucksError(f"BEIR folder {folder} has no qrels file {qrels_file.relative_to(folder)}")
+  qrels = _read_qrels(qrels_file)
+
+  corpus_file = folder / "corpus.jsonl"
+  corpus_ids, passages, seen = [], [], set()
+  for number, row in enumerate(_read_jsonl(corpus_file, required=("_id", "text")), 1):
+    doc_id = str(row["_id"])
+    if doc_id in seen:
+      raise StarbucksError(f"{corpus_file}, line {number}: corpus id {doc_id!r} appears twice")
+    seen.add(doc_id)
+    title, text = (row.get("title") or "").strip(), row["text"] or ""
+    corpus_ids.append(doc_id)
+    passages.append(f"{title} {text}" if title else text)
+  if not corpus_ids:
+    raise StarbucksError(f"BEIR corpus {corpus_file} is empty")
+
+  queries_file = folder / "queries.jsonl"
+  all_queries = {str(row["_id"]): row["text"] or "" for row in _read_jsonl(queries_file, required=("_id", "text"))}
+  absent = [q for q in qrels if q not in all_queries]
+  if absent:
+    raise StarbucksError(f"{qrels_file} judges {len(absent)} query id(s) absent from {queries_file}, "
+                         f"e.g. {absent[0]!r}")
+  query_ids = [q for q in all_queries if q in qrels]
+
+  unknown_docs = sum(doc not in seen for judged in qrels.values() for doc in judged)
+  if unknown_docs:  # BEIR's own loader keeps such judgements too: they count as relevant, never retrieved
+    log.warning("%s: %d judgement(s) name passages absent from the corpus", folder.name, unknown_docs)
+  return BeirSet(name or folder.name, corpus_ids, passages, query_ids,
+                 [all_queries[q] for q in query_ids], qrels)
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+  with path.open(encoding="utf-8", newline="") as f:
+    reader = csv.reader(f, delimiter="\t")
+    header = next(reader, None)
+    if header is None:
+      raise StarbucksError(f"qrels file {path} is empty")
+    header = [h.strip() for h in header]
+    for column in QRELS_COLUMNS:
+      if column not in header:
+        raise StarbucksError(f"qrels file {path} has no column {column!r} in its header "
+                             f"({' '.join(header)}); it needs {' '.join(QRELS_COLUMNS)}")
+    query_col, doc_col, score_col = (header.index(c) for c in QRELS_COLUMNS)
+    qrels: dict[str, dict[str, int]] = {}
+    for number, row in enumerate(reader, 2):
+      if not row or not "".join(row).strip():
+        continue
+      if len(row) < len(header):
+        raise StarbucksError(f"qrels file {path}, line {number}: {len(row)} columns, the header has {len(header)}")
+      try:
+        grade = int(float(row[score_col]))
+      except ValueError:
+        raise StarbucksError(f"qrels file {path}, line {number}: score {row[score_col]!r} is not a number") from None
+      qrels.setdefault(row[query_col].strip(), {})[row[doc_col].strip()] = grade
+  if not qrels:
+    raise StarbucksError(f"qrels file {path} has a header but no judgements")
+  return qrels
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+  if not path.is_file():
+    raise StarbucksError(f"{path} does not exist")
+  rows = []
+  with path.open(encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise StarbucksError(f"{path}, line {number}: not JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise StarbucksError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+      for column in required:
+        if column not in row:
+          raise StarbucksError(f"{path}, line {number}: no field {column!r} (it needs {', '.join(required)})")
+      rows.append(row)
+  return rows
+
+
+def _read_table(path: Path) -> list[dict]:
+  """Rows of a .jsonl, .json (a list, or one object per line), .csv or .tsv file, as dicts."""
+  if not path.is_file():
+    raise StarbucksError(f"file {path} does not exist")
+  suffix = path.suffix.lower()
+  if suffix in (".csv", ".tsv"):
+    with path.open(encoding="utf-8", newline="") as f:
+      return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+  if suffix == ".json":
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+      try:
+        rows = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise StarbucksError(f"{path}: not JSON ({e.msg})") from None
+      if not all(isinstance(r, dict) for r in rows):
+        raise StarbucksError(f"{path}: expected a list of JSON objects")
+      return rows
+  elif suffix != ".jsonl":
+    raise StarbucksError(f"cannot read {path}: expected a .jsonl, .json, .csv or .tsv file")
+  return _read_jsonl(path, required=())
