@@ -47,9 +47,12 @@ class RunCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state, *, force: bool = False) -> bool:
-    """Starts saving `state` (a TrainState) at its step if that step is due; returns whether it did."""
-    step = int(state.step)
+  def save(self, state, step: int, *, force: bool = False) -> bool:
+    """Starts saving `state` (a TrainState at `step`) if that step is due; returns whether it did.
+
+    The caller passes the step it counts on the host, so a step that saves nothing neither waits for
+    the device (reading `state.step` would) nor lists the checkpoint folder.
+    """
     if not (force or step % self.every_steps == 0) or step in self.manager.all_steps():
       return False
     meta = {"step": step, "skipped_steps": int(state.skipped_steps),

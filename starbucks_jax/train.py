@@ -247,7 +247,7 @@ def train(config, workdir: Path) -> dict:
     if row:
       metrics_log.write(done, row)
       window_start, window_steps = time.perf_counter(), 0
-    run_checkpoints.save(state, force=done == total_steps)
+    run_checkpoints.save(state, done, force=done == total_steps)
     progress.update(1)
     if done == fault_kill_step:
       run_checkpoints.wait()

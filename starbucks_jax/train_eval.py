@@ -10,7 +10,7 @@ import jax
 
 from starbucks_jax import evaluate
 from starbucks_jax.bert_config import BertConfig
-from starbucks_jax.encoder import Encoder, check_pair
+from starbucks_jax.encoder import Encoder
 from starbucks_jax.errors import StarbucksError
 
 
@@ -25,8 +25,7 @@ class TrainingEvaluator:
     self.sts_sets = [evaluate.load_sts(path) for path in eval_config.sts]
     self.beir_sets = [evaluate.load_beir(path) for path in eval_config.beir]
     self.pairs = tuple(tuple(int(v) for v in pair) for pair in (eval_config.pairs or default_pairs))
-    for layer, dim in self.pairs:
-      check_pair(model_config, layer, dim)
+    evaluate.check_pairs(model_config, self.pairs)
     self.model_config = model_config
     self.tokenizer = tokenizer
     self.pooling = pooling

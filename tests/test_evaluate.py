@@ -239,7 +239,7 @@ def make_workdir(model_dir, workdir: Path, step=2):
   state = TrainState(step=np.int32(step), params=model.params, opt_state={"count": np.zeros((), np.int32)},
                      rng=jax.random.key(0), skipped_steps=np.int32(0))
   run = checkpoints.RunCheckpoints(workdir, every_steps=1, keep=2, async_save=False)
-  assert run.save(state, force=True)
+  assert run.save(state, step, force=True)
   run.wait()
   return workdir
 
