@@ -96,6 +96,14 @@ class EncoderLayer(nn.Module):
     return _layer_norm(cfg, self.dtype, "output_layer_norm")(x + dropout(h, deterministic=deterministic))
 
 
+def attention_bias(attention_mask: jnp.ndarray) -> jnp.ndarray:
+  """[batch, length] 0/1 mask -> [batch, 1, 1, length] additive bias for the attention scores.
+
+  Padded keys get the most negative float32, as transformers does, so they receive no attention.
+  """
+  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+
 @flax.struct.dataclass
 class EncoderOutput:
   """Per-layer outputs; index 0 is the embedding layer, index n the output of layer n."""
@@ -129,8 +137,7 @@ class BertEncoder(nn.Module):
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    # Padded keys get the most negative float32, as transformers does, so they receive no attention.
-    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    mask_bias = attention_bias(attention_mask)
     x = Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
     hidden_states = [x]
     # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
@@ -153,6 +160,25 @@ def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config
   rngs = None if deterministic else {"dropout": dropout_rng}
   return BertEncoder(config, dtype, remat).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
                                           num_layers=num_layers, deterministic=deterministic, rngs=rngs)
+
+
+def embed(params, input_ids, token_type_ids=None, *, config: BertConfig, dtype: Dtype = jnp.float32,
+          deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+  """The embedding layer's output [batch, length, hidden] alone (SMAE's decoder input)."""
+  encoder_params = params["encoder"] if "encoder" in params else params
+  if token_type_ids is None:
+    token_type_ids = jnp.zeros_like(input_ids)
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return Embeddings(config, dtype).apply({"params": encoder_params["embeddings"]}, input_ids, token_type_ids,
+                                         deterministic, rngs=rngs)
+
+
+def apply_layer(layer_params, x, attention_mask, *, config: BertConfig, dtype: Dtype = jnp.float32,
+                deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+  """One encoder layer with the given parameters (an `encoder/layer_{i}` tree) over [batch, length, hidden]."""
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return EncoderLayer(config, dtype).apply({"params": layer_params}, x.astype(dtype), attention_bias(attention_mask),
+                                           deterministic, rngs=rngs)
 
 
 def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:

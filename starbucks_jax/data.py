@@ -97,15 +97,20 @@ class DataConfig:
   @classmethod
   def from_config_dict(cls, cd) -> "DataConfig":
     """From an ml_collections ConfigDict (or any mapping) with some of this class's fields."""
-    values = dict(cd.to_dict() if hasattr(cd, "to_dict") else cd)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-      raise StarbucksError(f"config.data has unknown field(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(known)}")
-    if values.get("source") is None:
-      raise StarbucksError("config.data.source is not set: give a file path, hf:NAME or tfds:NAME")
-    return cls(**values)
+    return data_config_from_dict(cls, cd)
+
+
+def data_config_from_dict(cls, cd):
+  """A data-config dataclass `cls` from `config.data`; an unknown field or a missing source is an error."""
+  values = dict(cd.to_dict() if hasattr(cd, "to_dict") else cd)
+  known = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    raise StarbucksError(f"config.data has unknown field(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(known)}")
+  if values.get("source") is None:
+    raise StarbucksError("config.data.source is not set: give a file path, hf:NAME or tfds:NAME")
+  return cls(**values)
 
 
 def default_buckets(max_length: int) -> list[int]:
@@ -117,13 +122,43 @@ def default_buckets(max_length: int) -> list[int]:
   return [SMALLEST_BUCKET << k for k in range(32) if SMALLEST_BUCKET << k < max_length] + [max_length]
 
 
-def _bucket_list(buckets: Sequence[int] | None, max_length: int) -> list[int]:
+def bucket_list(buckets: Sequence[int] | None, max_length: int) -> list[int]:
+  """The lengths batches are padded to: `buckets` (default: `default_buckets`) below max_length, then it."""
   if buckets is None:
     return default_buckets(max_length)
   for b in buckets:
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
       raise StarbucksError(f"buckets must be positive integers, got {list(buckets)!r}")
   return sorted({int(b) for b in buckets if b < max_length} | {max_length})
+
+
+def check_batch_split(global_batch_size: int, process_index: int, process_count: int) -> None:
+  """Raises a StarbucksError unless the global batch splits evenly over the hosts."""
+  for name, value, least in (("global_batch_size", global_batch_size, 1),
+                             ("process_count", process_count, 1), ("process_index", process_index, 0)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+      raise StarbucksError(f"{name} must be an integer of at least {least}, got {value!r}")
+  if process_index >= process_count:
+    raise StarbucksError(f"process_index {process_index} is not below process_count {process_count}")
+  if global_batch_size % process_count:
+    raise StarbucksError(f"global batch size {global_batch_size} is not divisible by the "
+                         f"{process_count} processes")
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The example order of an epoch: a permutation of range(num_examples) fixed by (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Lists of ids (of at most `length`) as int32 [len(rows), length], pad_id after each row's ids,
+  and the attention mask (1 on a row's ids, 0 on its padding)."""
+  ids = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  for row, x in enumerate(rows):
+    ids[row, :len(x)] = x
+    mask[row, :len(x)] = 1
+  return ids, mask
 
 
 @dataclasses.dataclass
@@ -163,15 +198,7 @@ class TrainData:
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size).
     """
-    for name, value, least in (("global_batch_size", global_batch_size, 1),
-                               ("process_count", process_count, 1), ("process_index", process_index, 0)):
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise StarbucksError(f"{name} must be an integer of at least {least}, got {value!r}")
-    if process_index >= process_count:
-      raise StarbucksError(f"process_index {process_index} is not below process_count {process_count}")
-    if global_batch_size % process_count:
-      raise StarbucksError(f"global batch size {global_batch_size} is not divisible by the "
-                           f"{process_count} processes")
+    check_batch_split(global_batch_size, process_index, process_count)
     if getattr(tokenizer, "pad_token_id", None) is None:
       raise StarbucksError("the tokenizer has no pad token")
     self.config = config
@@ -182,8 +209,8 @@ class TrainData:
     self.process_count = int(process_count)
     self.local_batch_size = self.global_batch_size // self.process_count
     self.fixed_lengths = self.process_count > 1 if fixed_lengths is None else bool(fixed_lengths)
-    self.query_buckets = _bucket_list(buckets, config.query_max_length)
-    self.passage_buckets = _bucket_list(buckets, config.passage_max_length)
+    self.query_buckets = bucket_list(buckets, config.query_max_length)
+    self.passage_buckets = bucket_list(buckets, config.passage_max_length)
 
     self.table = data_sources.open_table(config.source, split=config.split,
                                          tfds_data_dir=config.tfds_data_dir,
@@ -219,7 +246,7 @@ class TrainData:
       raise ValueError(f"step must be non-negative, got {step}")
     epoch, position = divmod(int(step), self.steps_per_epoch)
     if self._order[0] != epoch:
-      self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      self._order = (epoch, epoch_order(self.seed, epoch, self.num_examples))
     # A copy: callers may change it, the cached order must not.
     return self._order[1][position * self.global_batch_size:(position + 1) * self.global_batch_size].copy()
 
@@ -258,12 +285,7 @@ class TrainData:
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     longest = max(len(x) for x in ids)
     length = max_length if self.fixed_lengths else next(b for b in buckets if b >= longest)
-    input_ids = np.full((len(ids), length), self.tokenizer.pad_token_id, np.int32)
-    mask = np.zeros((len(ids), length), np.int32)
-    for row, x in enumerate(ids):
-      input_ids[row, :len(x)] = x
-      mask[row, :len(x)] = 1
-    return input_ids, mask
+    return pad_rows(ids, length, self.tokenizer.pad_token_id)
 
   def _passage_text(self, passage: Mapping) -> str:
     # Tevatron's format: title + " " + text when there is a title.

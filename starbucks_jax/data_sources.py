@@ -5,8 +5,8 @@ returns plain Python values (str, float, lists of passage dicts) for just those 
 reads only its own share of a batch. `resolve_schema` decides which columns hold what (the data's kind),
 and `Table.check` validates every row before any training code compiles.
 
-Row numbers in messages count data rows from 1 in the order of the file: for JSON Lines the line number,
-for CSV the line number less the header.
+Row numbers in messages count data rows from 1 in the order of the file: for JSON Lines and text
+(.txt, pre-training only) the line number, for CSV the line number less the header.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from starbucks_jax.errors import StarbucksError
 KINDS = ("triplets", "pairs", "scored", "tevatron")
 AUTO_ORDER = ("tevatron", "triplets", "pairs", "scored")  # most columns first: triplets also hold pairs
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Raw text for pre-training also reads .txt files: one row per line, in a column "text". Training pairs
+# cannot come as plain lines, so for them a .txt file stays an unknown extension.
+TEXT_FILE_BUILDERS = {**FILE_BUILDERS, ".txt": "text"}
 TFDS_CHECK_CHUNK = 1024  # TFDS rows decoded per call while validating
 
 
@@ -233,7 +236,7 @@ class ConcatTable(Table):
     return {c: np.concatenate([lengths[c] for lengths in per_table]) for c in per_table[0]}
 
 
-def _check_path(path: str) -> str:
+def _check_path(path: str, file_builders: Mapping[str, str]) -> str:
   """The `datasets` builder for `path`; raises a StarbucksError when it is missing or of no known type."""
   if not os.path.exists(path):
     raise StarbucksError(f"data file {path} does not exist")
@@ -242,10 +245,22 @@ def _check_path(path: str) -> str:
   if os.path.getsize(path) == 0:
     raise StarbucksError(f"data file {path} is empty")
   extension = os.path.splitext(path)[1].lower()
-  if extension not in FILE_BUILDERS:
+  if extension not in file_builders:
     raise StarbucksError(f"{path}: unknown data file extension {extension!r} (expected "
-                         f"{', '.join(FILE_BUILDERS)})")
-  return FILE_BUILDERS[extension]
+                         f"{', '.join(file_builders)})")
+  return file_builders[extension]
+
+
+def local_files(source: str, file_builders: Mapping[str, str] = FILE_BUILDERS) -> list[tuple[str, str]]:
+  """(path, `datasets` builder) of each comma-separated file of `source`, every path checked first.
+
+  Raises:
+    StarbucksError: naming the first path that is missing, empty, a directory or of an unknown type.
+  """
+  paths = [os.path.expanduser(p.strip()) for p in source.split(",") if p.strip()]
+  if not paths:
+    raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
+  return [(path, _check_path(path, file_builders)) for path in paths]
 
 
 def _open_file(path: str, builder: str, limit: int | None) -> ArrowTable:
@@ -285,22 +300,19 @@ def _open_tfds(spec: str, split: str, data_dir: str | None, limit: int | None) -
 
 
 def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None = None,
-               max_examples: int | None = None) -> Table:
+               max_examples: int | None = None, file_builders: Mapping[str, str] = FILE_BUILDERS) -> Table:
   """The rows of `source`: comma-separated local files, "hf:NAME[:CONFIG]" or "tfds:NAME[/CONFIG][:VERSION]".
 
   Local files are read whole (`split` does not apply to them); `max_examples` keeps the first rows.
+  `file_builders` maps the file extensions allowed to their `datasets` builders.
   """
   source = source.strip()
   if source.startswith("hf:"):
     return _open_hub(source[3:], split, max_examples)
   if source.startswith("tfds:"):
     return _open_tfds(source[5:], split, tfds_data_dir, max_examples)
-  paths = [os.path.expanduser(p.strip()) for p in source.split(",") if p.strip()]
-  if not paths:
-    raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
-  builders = [_check_path(path) for path in paths]  # every path, before reading any
   tables, left = [], max_examples
-  for path, builder in zip(paths, builders):
+  for path, builder in local_files(source, file_builders):  # every path checked before reading any
     if left is not None and left <= 0:
       break
     tables.append(_open_file(path, builder, left))

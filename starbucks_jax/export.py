@@ -4,7 +4,8 @@
     python -m starbucks_jax.export --workdir DIR [--step N] --output OUT [--num-layers n]
 
 --workdir converts a training run's checkpoint (the newest, or step N) and needs neither the training
-data nor the config file: the workdir's `model/` folder describes the model.
+data nor the config file: the workdir's `model/` folder describes the model. An SMAE pre-training run
+exports as `BertForMaskedLM`, MLM head included.
 
 With `--num-layers n` the folder is a standalone n-layer model (a small size of a 2D Matryoshka model).
 The output folder must be new or empty, unless --overwrite is given.
@@ -33,10 +34,12 @@ def export_workdir(workdir: Path, output: Path, *, step: int | None = None, num_
   output = Path(output)
   staging = output.with_name(output.name + ".partial")
   shutil.rmtree(staging, ignore_errors=True)
+  # A pre-training run's export keeps its MLM head (BertForMaskedLM); its MAE decoder stays in the checkpoint.
   hf_export.save_pretrained(staging, params, model_config, tokenizer_dir=model_dir, num_layers=num_layers,
                             pooling=settings.get("pooling", "mean"),
                             max_seq_length=settings.get("max_seq_length", model_config.max_position_embeddings),
-                            normalize=settings.get("normalize", False))
+                            normalize=settings.get("normalize", False),
+                            with_mlm_head=bool(settings.get("mlm_head")) and "mlm_head" in params)
   if output.exists() and overwrite:
     shutil.rmtree(output)
   staging.rename(output)  # a finished folder appears at once, never a half-written one

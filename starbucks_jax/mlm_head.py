@@ -14,16 +14,22 @@ import jax.numpy as jnp
 from starbucks_jax.bert_config import BertConfig
 
 
-def mlm_logits(head_params: dict, word_embeddings: jnp.ndarray, hidden: jnp.ndarray, *,
-               layer_norm_eps: float, dtype=jnp.float32) -> jnp.ndarray:
-  """[..., d] hidden states -> [..., vocab] float32 logits."""
+def head_transform(head_params: dict, hidden: jnp.ndarray, *, layer_norm_eps: float,
+                   dtype=jnp.float32) -> jnp.ndarray:
+  """[..., d] hidden states -> [..., hidden_size] float32: dense on the first d input rows, GELU, LayerNorm."""
   kernel = head_params["transform"]["kernel"][: hidden.shape[-1]]
   h = jnp.dot(hidden.astype(dtype), kernel.astype(dtype)) + head_params["transform"]["bias"].astype(dtype)
   h = jax.nn.gelu(h.astype(jnp.float32), approximate=False)
   mean = jnp.mean(h, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
   h = (h - mean) * jax.lax.rsqrt(var + layer_norm_eps)
-  h = h * head_params["layer_norm"]["scale"] + head_params["layer_norm"]["bias"]
+  return h * head_params["layer_norm"]["scale"] + head_params["layer_norm"]["bias"]
+
+
+def mlm_logits(head_params: dict, word_embeddings: jnp.ndarray, hidden: jnp.ndarray, *,
+               layer_norm_eps: float, dtype=jnp.float32) -> jnp.ndarray:
+  """[..., d] hidden states -> [..., vocab] float32 logits."""
+  h = head_transform(head_params, hidden, layer_norm_eps=layer_norm_eps, dtype=dtype)
   logits = jnp.dot(h.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
   return logits + head_params["bias"]
 

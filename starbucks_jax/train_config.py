@@ -1,6 +1,8 @@
-"""Every training setting and its default. Config files in `configs/` start from `base_config()` and
-change what their run needs; any value can be overridden on the command line as
-`--config.optimizer.lr=1e-4` or `--config.starbucks.pairs="((2,32),(4,64))"`.
+"""Every training setting and its default. Config files in `configs/` start from `base_config()` (SRL
+fine-tuning, `task="srl"`) or `smae_base_config()` (SMAE pre-training, `task="smae"`) and change what
+their run needs; any value can be overridden on the command line as `--config.optimizer.lr=1e-4` or
+`--config.starbucks.pairs="((2,32),(4,64))"`. The two share everything but `data` and the loss block
+(`starbucks` or `smae`).
 """
 
 from __future__ import annotations
@@ -13,17 +15,8 @@ BERT_BASE_PAIRS = ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768))
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "bert-base-uncased"  # a Hugging Face folder or hub name; "minilm" = the packaged all-MiniLM-L6-v2
-  c.model.pooling = "mean"            # "mean" | "cls"
-  c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (parameters stay float32)
-  c.model.remat = False               # recompute layer activations in the backward pass (less memory)
-  c.model.hidden_dropout = config_dict.placeholder(float)     # None: the model config's rate; 0 turns it off
-  c.model.attention_dropout = config_dict.placeholder(float)  # None: the model config's rate; 0 turns it off
-
+  """SRL fine-tuning: the data of query/passage pairs, triplets, scored pairs or Tevatron groups."""
+  c = _run_config("srl")
   c.data = ml_collections.ConfigDict()
   c.data.source = ""                  # file(s) .jsonl/.csv/.parquet, "hf:NAME[:CONFIG]" or "tfds:NAME[/CONFIG]"
   c.data.split = "train"
@@ -52,6 +45,55 @@ def base_config() -> ml_collections.ConfigDict:
   c.starbucks.kl_weight = 1.0
   c.starbucks.kl_temperature = 1.0
   c.starbucks.embedding_kl_scale = 0.3
+  return c
+
+
+def smae_base_config() -> ml_collections.ConfigDict:
+  """SMAE pre-training: raw text, masked-LM at every pair plus the masked-autoencoder decoder."""
+  c = _run_config("smae")
+  c.model.pooling = "cls"             # only for evaluation and the export's sentence-transformers files
+  c.data = ml_collections.ConfigDict()
+  c.data.source = ""                  # .jsonl/.json/.csv/.parquet/.txt file(s), "hf:NAME[:CONFIG]", "tfds:NAME"
+  c.data.split = "train"
+  c.data.text_column = "text"
+  c.data.max_length = 512             # tokens with [CLS] and [SEP]; longer texts are cropped at random
+  c.data.encoder_mask_rate = 0.2      # whole words, BERT's 80/10/10 replacement
+  c.data.decoder_mask_rate = 0.4      # a superset of the encoder's masked positions
+  c.data.streaming = False            # stream an hf: source instead of downloading it (needs num_steps
+  c.data.shuffle_buffer = 10000       # unless the hub reports the split's size)
+  c.data.tfds_data_dir = config_dict.placeholder(str)
+  c.data.max_examples = config_dict.placeholder(int)
+
+  c.smae = ml_collections.ConfigDict()
+  c.smae.mode = "smae"                # "smae" (MLM + MAE per pair) | "mlm2d" (MLM per pair) | "mlm" (full model)
+  c.smae.pairs = BERT_BASE_PAIRS      # ignored by "mlm", which trains the full model's pair
+  c.smae.gather = True                # vocabulary logits only at masked positions (False: at every position)
+
+  c.batch_size = 512
+  c.optimizer.lr = 1e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_ratio = 0.05
+  c.optimizer.weight_decay = 0.001
+  c.optimizer.clip_grad_norm = 1.0
+  return c
+
+
+def _run_config(task: str) -> ml_collections.ConfigDict:
+  """What every run has: model, batch, optimizer, mesh, checkpoints, logging, evaluation, export."""
+  c = ml_collections.ConfigDict()
+  c.task = task                       # "srl" | "smae": which loss and which kind of data
+  c.seed = 0
+  # Start from a training workdir's newest checkpoint or an exported folder instead of model.name's
+  # weights (an SMAE run's output into SRL, say); its config and tokenizer are used too.
+  c.init_from = config_dict.placeholder(str)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "bert-base-uncased"  # a Hugging Face folder or hub name; "minilm" = the packaged all-MiniLM-L6-v2
+  c.model.pooling = "mean"            # "mean" | "cls"
+  c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (parameters stay float32)
+  c.model.remat = False               # recompute layer activations in the backward pass (less memory)
+  c.model.hidden_dropout = config_dict.placeholder(float)     # None: the model config's rate; 0 turns it off
+  c.model.attention_dropout = config_dict.placeholder(float)  # None: the model config's rate; 0 turns it off
 
   c.batch_size = 128                  # global: queries per step, over all devices and hosts
   c.grad_accum_steps = 1              # micro-batches per step (negatives come from within a micro-batch)

@@ -1,9 +1,11 @@
 """The training step: a pure function of (state, batch, rng), jitted once with the state donated.
 
-One forward pass per side (queries, passages) stops at the highest layer the loss uses and yields
-every layer's pooled vector; `srl_loss` turns those into the (layer, dim) pair losses. A step whose
-loss or gradients are not finite leaves parameters and optimizer state untouched and is counted in
-`skipped_steps`, as the paper's trainer does.
+What the step computes comes from its settings, a static argument: `StepSettings` for SRL fine-tuning
+(one forward pass per side, queries and passages, stops at the highest layer the loss uses and yields
+every layer's pooled vector; `srl_loss` turns those into the (layer, dim) pair losses) or
+`SmaeStepSettings` for SMAE pre-training (`smae_loss`). Either gives `loss(params, batch, rng)` and
+`rows(batch)`. A step whose loss or gradients are not finite leaves parameters and optimizer state
+untouched and is counted in `skipped_steps`, as the paper's trainers do.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import optax
 
 from starbucks_jax import bert
 from starbucks_jax.bert_config import BertConfig
+from starbucks_jax.smae_loss import SmaeSpec, smae_loss
 from starbucks_jax.srl_loss import SrlLossSpec, srl_loss
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -44,7 +47,36 @@ class StepSettings:
 
   @property
   def uses_dropout(self) -> bool:
-    return self.model_config.hidden_dropout_prob > 0 or self.model_config.attention_probs_dropout_prob > 0
+    return _uses_dropout(self.model_config)
+
+  def loss(self, params, batch: dict, rng: jax.Array):
+    return compute_loss(params, batch, rng, self)
+
+  def rows(self, batch: dict) -> int:
+    """Examples (queries) in the batch; passage arrays hold a whole number of rows per query."""
+    return batch["query_input_ids"].shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SmaeStepSettings:
+  """The static part of an SMAE pre-training step."""
+  model_config: BertConfig
+  spec: SmaeSpec
+  dtype: str = "float32"
+  remat: bool = False
+  grad_accum_steps: int = 1
+
+  def loss(self, params, batch: dict, rng: jax.Array):
+    dropout = _uses_dropout(self.model_config)
+    return smae_loss(params, batch, spec=self.spec, model_config=self.model_config, dtype=DTYPES[self.dtype],
+                     deterministic=not dropout, dropout_rng=rng if dropout else None, remat=self.remat)
+
+  def rows(self, batch: dict) -> int:
+    return batch["input_ids"].shape[0]
+
+
+def _uses_dropout(model_config: BertConfig) -> bool:
+  return model_config.hidden_dropout_prob > 0 or model_config.attention_probs_dropout_prob > 0
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -80,13 +112,13 @@ def compute_loss(params, batch: dict, rng: jax.Array, settings: StepSettings):
   return srl_loss(query, passage, batch.get("labels"), spec, loss_rng)
 
 
-def _micro_batches(batch: dict, count: int) -> dict:
+def _micro_batches(batch: dict, count: int, queries: int) -> dict:
   """[rows, ...] -> [count, rows / count, ...], keeping each query's passages with it.
 
   Micro-batch k takes rows k, k + count, k + 2 count, ...: a strided split keeps every device's share
   of each micro-batch on that device, where a contiguous split would move data between devices.
+  `queries` is the number of examples; an array of G x queries rows holds G rows per example.
   """
-  queries = batch["query_input_ids"].shape[0]
 
   def split(x):
     group = x.shape[0] // queries  # passages per query (1 for query-side arrays and labels)
@@ -97,26 +129,27 @@ def _micro_batches(batch: dict, count: int) -> dict:
   return {k: split(v) for k, v in batch.items()}
 
 
-def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation, settings: StepSettings):
-  """One optimizer step; returns (new state, metrics)."""
+def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation, settings):
+  """One optimizer step; returns (new state, metrics). `settings`: StepSettings or SmaeStepSettings."""
   rng = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+  grad_fn = jax.value_and_grad(settings.loss, has_aux=True)
 
   if settings.grad_accum_steps == 1:
-    (loss, metrics), grads = grad_fn(state.params, batch, rng, settings)
+    (loss, metrics), grads = grad_fn(state.params, batch, rng)
   else:
     count = settings.grad_accum_steps
+    micro_batches = _micro_batches(batch, count, settings.rows(batch))
 
     def accumulate(carry, micro):
       index, micro_batch = micro
-      (loss, metrics), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index), settings)
+      (loss, metrics), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
       return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], _micro_batches(batch, count)), rng, settings)))
+        lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro_batches), rng)))
     (loss, metrics), grads = zeros
     (loss, metrics, grads), _ = jax.lax.scan(accumulate, (loss, metrics, grads),
-                                             (jnp.arange(count), _micro_batches(batch, count)))
+                                             (jnp.arange(count), micro_batches))
     loss, metrics, grads = jax.tree.map(lambda x: x / count, (loss, metrics, grads))
 
   grad_norm = optax.tree.norm(grads)

@@ -65,3 +65,14 @@ def padded_batch(tokenizer, texts, max_length=64):
   enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
   return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32), \
       enc["token_type_ids"].astype(np.int32)
+
+
+def set_values(config, changes: dict):
+  """Sets dotted keys ("optimizer.lr") of an ml_collections config; returns it."""
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config

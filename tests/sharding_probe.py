@@ -1,5 +1,5 @@
-"""Run in a subprocess by test_sharding.py: one SRL loss-and-gradient computation on a 1-device mesh and
-on an 8-device mesh (fake CPU devices), printed as JSON differences."""
+"""Run in a subprocess by test_sharding.py: one SRL or SMAE loss-and-gradient computation on a 1-device
+mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences."""
 
 import os
 
@@ -15,6 +15,8 @@ import numpy as np
 
 from starbucks_jax import bert, sharding, train_step
 from starbucks_jax.bert_config import BertConfig
+from starbucks_jax.mlm_head import init_mlm_head_params
+from starbucks_jax.smae_loss import SmaeSpec, init_decoder_params
 from starbucks_jax.srl_loss import SrlLossSpec
 
 
@@ -23,6 +25,8 @@ def main(dropout: float, accum: int, mode: str):
                       intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=dropout,
                       attention_probs_dropout_prob=dropout)
   params = bert.init_params(config, jax.random.key(0))
+  if mode == "smae":
+    return main_smae(config, params, accum)
   if mode == "2dmse":
     spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, pairs=((1, 8), (2, 16), (4, 32)),
                        layers=(0, 1, 2, 3), dims=(8, 16, 32), group_size=2)
@@ -41,6 +45,31 @@ def main(dropout: float, accum: int, mode: str):
   qi, qm = side(queries)
   pi, pm = side(queries * group)
   batch = {"query_input_ids": qi, "query_attention_mask": qm, "passage_input_ids": pi, "passage_attention_mask": pm}
+  compare(params, batch, settings)
+
+
+def main_smae(config, params, accum):
+  params["mlm_head"] = init_mlm_head_params(config, jax.random.key(1))
+  params["mae_decoder"] = init_decoder_params(params["encoder"])
+  spec = SmaeSpec(pairs=((1, 8), (2, 16), (4, 32)), num_model_layers=4, hidden_size=32, mode="smae",
+                  encoder_mask_rate=0.3, decoder_mask_rate=0.5)
+  settings = train_step.SmaeStepSettings(model_config=config, spec=spec, grad_accum_steps=accum)
+  rng = np.random.default_rng(0)
+  rows, length = 16, 12
+  ids = rng.integers(5, 120, (rows, length)).astype(np.int32)
+  mask = (np.arange(length)[None] < rng.integers(4, length + 1, (rows, 1))).astype(np.int32)
+  ids = ids * mask
+  draw = rng.random(ids.shape)
+  decoder_mask = (draw < 0.3) & (mask == 1) & (np.arange(length)[None] > 0)  # at most 0.5 x length per row
+  encoder_mask = decoder_mask & (draw < 0.15)
+  batch = {"input_ids": np.where(encoder_mask, 3, ids), "attention_mask": mask,
+           "labels": np.where(encoder_mask, ids, -100).astype(np.int32),
+           "decoder_input_ids": np.where(decoder_mask, 3, ids),
+           "decoder_labels": np.where(decoder_mask, ids, -100).astype(np.int32)}
+  compare(params, batch, settings)
+
+
+def compare(params, batch, settings):
   results = {}
   for devices in (1, 8):
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": devices}))
@@ -50,7 +79,7 @@ def main(dropout: float, accum: int, mode: str):
     state = train_step.init_state(params, tx, seed=3)
     fn = jax.jit(lambda s, b: train_step.train_step(s, b, tx, settings)[1], in_shardings=(rep, rows),
                  out_shardings=rep)
-    grad = jax.jit(lambda p, b: jax.grad(lambda p: train_step.compute_loss(p, b, jax.random.key(7), settings)[0])(p),
+    grad = jax.jit(lambda p, b: jax.grad(lambda p: settings.loss(p, b, jax.random.key(7))[0])(p),
                    in_shardings=(rep, rows), out_shardings=rep)
     placed = jax.device_put(batch, rows)
     metrics = jax.device_get(fn(jax.device_put(state, rep), placed))

@@ -1,5 +1,6 @@
-"""The same SRL loss and gradients on 1 device and on 8 (fake CPU) devices: cross-device negatives
-come from sharding the global batch, so the numbers must not depend on the device count."""
+"""The same SRL and SMAE losses and gradients on 1 device and on 8 (fake CPU) devices: cross-device
+negatives and the token means of the masked-LM losses come from sharding the global batch, so the numbers
+must not depend on the device count."""
 
 import json
 import subprocess
@@ -12,7 +13,8 @@ PROBE = Path(__file__).with_name("sharding_probe.py")
 
 
 @pytest.mark.parametrize("dropout, accum, mode", [(0.0, 1, "starbucks"), (0.1, 1, "starbucks"),
-                                                   (0.0, 2, "starbucks"), (0.1, 1, "2dmse")])
+                                                   (0.0, 2, "starbucks"), (0.1, 1, "2dmse"),
+                                                   (0.1, 1, "smae"), (0.0, 2, "smae")])
 def test_one_and_eight_devices_agree(dropout, accum, mode):
   out = subprocess.run([sys.executable, str(PROBE), str(dropout), str(accum), mode], capture_output=True,
                        text=True, timeout=600)

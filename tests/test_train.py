@@ -11,6 +11,8 @@ import pytest
 
 from starbucks_jax.errors import StarbucksError
 
+from conftest import set_values
+
 REPO = Path(__file__).resolve().parents[1]
 TRIPLETS = REPO / "data" / "quickstart" / "snli_triplets.jsonl"
 STSB_TRAIN = REPO / "data" / "quickstart" / "stsb_train.jsonl"
@@ -33,13 +35,7 @@ def tiny_config(model_dir, **changes):
   c.log_every_steps = 1
   c.progress_bar = False
   c.mesh.data = 1
-  for key, value in changes.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return set_values(c, changes)
 
 
 def run_train(config, workdir):

@@ -1,0 +1,229 @@
+"""The SMAE pre-training loss: masked-LM at every (layer, dim) pair, plus a masked-autoencoder decoder.
+
+For each pair (n, d), as ielab/Starbucks `smae/modelling.py` computes it:
+  MLM  cross-entropy of head(hidden[n][:, :, :d]) at the encoder-masked positions; the head's transform
+       dense layer reads only its first d input rows (full bias), then GELU, LayerNorm and the decoder
+       tied to the word embeddings, plus the output bias (`mlm_head.py`).
+  MAE  c = head_transform(hidden[n][:, 0, :d]) replaces position 0 of the embedded decoder input (the
+       decoder-masked ids through the encoder's own embedding layer); one BERT layer of its own
+       (`params["mae_decoder"]`, initialised as a copy of encoder layer 1) runs over it with the padding
+       mask, and the shared MLM head predicts the decoder-masked positions.
+Loss = mean over pairs of (MLM + MAE) / 2 (mode "smae"); mean over pairs of MLM ("mlm2d", no decoder);
+or the full model's MLM alone ("mlm", plain BERT pre-training). Each cross-entropy is the mean over the
+batch's predicted tokens, as torch's `CrossEntropyLoss(ignore_index=-100)` takes it.
+
+Vocabulary logits are the expensive part ([tokens x vocab] per pair). With `gather=True` they are computed
+only at the masked positions: each row's labelled positions are gathered into `slots` fixed places first
+(a static count, so one compile per padded length). The number of slots comes from the mask rate: the
+masker never labels more than `num_to_predict(rate, length)` tokens of a row, and the metric
+`dropped_labels` counts any labels that did not fit (0 unless a batch was masked more densely).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from starbucks_jax import bert
+from starbucks_jax.bert_config import BertConfig
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.masking import num_to_predict
+from starbucks_jax.mlm_head import head_transform
+
+IGNORE = -100  # the label of a position that predicts nothing
+MODES = ("smae", "mlm2d", "mlm")
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class SmaeSpec:
+  """What the SMAE loss computes; frozen and validated, so it can be a static jit argument.
+
+  Attributes:
+    pairs: (layer, dim) pairs, small to large ("mlm" mode: the full model's one pair).
+    num_model_layers, hidden_size: the model's size, to check the pairs against.
+    mode: "smae" (MLM + MAE at every pair), "mlm2d" (MLM at every pair) or "mlm" (full model only).
+    encoder_mask_rate, decoder_mask_rate: the masker's rates; they bound how many labels a row can
+      hold, which sets the gathered slots per row. None: one slot per position (any masking fits).
+    gather: compute vocabulary logits only at the labelled positions; False computes them at every
+      position, as the official PyTorch code does (for comparison and benchmarks).
+  """
+  pairs: tuple
+  num_model_layers: int
+  hidden_size: int
+  mode: str = "smae"
+  encoder_mask_rate: Optional[float] = None
+  decoder_mask_rate: Optional[float] = None
+  gather: bool = True
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise StarbucksError(f"smae.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+    if not self.pairs:
+      raise StarbucksError("smae.pairs is empty: give at least one (layer, dim) pair")
+    for pair in self.pairs:
+      if len(pair) != 2:
+        raise StarbucksError(f"smae.pairs: {pair!r} is not a (layer, dim) pair")
+      n, d = pair
+      if not (1 <= n <= self.num_model_layers and 1 <= d <= self.hidden_size):
+        raise StarbucksError(f"smae pair ({n}, {d}) is beyond the model: layers 1..{self.num_model_layers}, "
+                             f"dims 1..{self.hidden_size}")
+    if len(set(self.pairs)) != len(self.pairs):
+      raise StarbucksError(f"smae.pairs has a repeated pair: {self.pairs}")
+    full = ((self.num_model_layers, self.hidden_size),)
+    if self.mode == "mlm" and tuple(self.pairs) != full:
+      raise StarbucksError(f"smae.mode 'mlm' trains the full model only: pairs must be {full}, got {self.pairs}")
+    for name in ("encoder_mask_rate", "decoder_mask_rate"):
+      rate = getattr(self, name)
+      if rate is not None and not 0 < rate < 1:
+        raise StarbucksError(f"{name} must be in (0, 1), got {rate}")
+
+  @property
+  def uses_decoder(self) -> bool:
+    return self.mode == "smae"
+
+  def forward_layers(self) -> int:
+    return max(n for n, _ in self.pairs)
+
+  def slots(self, length: int, rate: Optional[float]) -> int:
+    """Gathered positions per row for a batch padded to `length`."""
+    return length if rate is None else min(length, num_to_predict(rate, length))
+
+  def log_pairs(self) -> tuple:
+    return tuple(self.pairs)
+
+
+def check_batch(batch: dict, spec: SmaeSpec) -> None:
+  """Raises a StarbucksError naming a missing key or a shape that disagrees (trace time only)."""
+  needed = BATCH_KEYS if spec.uses_decoder else BATCH_KEYS[:3]
+  missing = [k for k in needed if k not in batch]
+  if missing:
+    raise StarbucksError(f"SMAE batch lacks {', '.join(missing)}; it needs {', '.join(needed)}")
+  shape = batch["input_ids"].shape
+  for k in needed:
+    if batch[k].shape != shape:
+      raise StarbucksError(f"SMAE batch: {k} has shape {batch[k].shape}, input_ids {shape}")
+
+
+def _label_positions(labels: jnp.ndarray, slots: int) -> jnp.ndarray:
+  """[batch, length] labels -> [batch, slots] positions: the labelled ones first, in order."""
+  unlabelled = (labels == IGNORE).astype(jnp.int32)
+  return jnp.argsort(unlabelled, axis=1, stable=True)[:, :slots]
+
+
+def gather_labelled(hidden, labels, slots: Optional[int]):
+  """([batch, slots, d] hidden, [batch, slots] labels, labels that found no slot) at the labelled positions.
+
+  `slots=None` keeps every position (no gathering).
+  """
+  if slots is None:
+    return hidden, labels, jnp.zeros((), jnp.int32)
+  positions = _label_positions(labels, slots)
+  dropped = jnp.sum(jnp.maximum(jnp.sum(labels != IGNORE, axis=1) - slots, 0)).astype(jnp.int32)
+  return (jnp.take_along_axis(hidden, positions[:, :, None], axis=1), jnp.take_along_axis(labels, positions, axis=1),
+          dropped)
+
+
+def mean_cross_entropies(head_params, word_embeddings, transformed: list, labels: list, dtype) -> list:
+  """Mean cross-entropy over the labelled tokens of each (transformed hidden, labels) term.
+
+  All terms go through the vocabulary projection and the softmax as one [tokens, vocab] block: one
+  large matmul runs faster than a dozen small ones, and the result is the same.
+  """
+  sizes = [t.shape[0] * t.shape[1] for t in transformed]
+  h = jnp.concatenate([t.reshape(-1, t.shape[-1]) for t in transformed])
+  y = jnp.concatenate([l.reshape(-1) for l in labels])
+  logits = jnp.dot(h.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
+  logits = logits + head_params["bias"]
+  valid = y != IGNORE
+  log_norm = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, jnp.where(valid, y, 0)[:, None], axis=-1)[:, 0]
+  nll = jnp.where(valid, log_norm - picked, 0.0)
+  means, start = [], 0
+  for size in sizes:
+    count = jnp.sum(valid[start:start + size])
+    means.append(jnp.sum(nll[start:start + size]) / jnp.maximum(count, 1))
+    start += size
+  return means
+
+
+def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: BertConfig, dtype=jnp.float32,
+              deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, remat: bool = False):
+  """(loss, metrics) of one batch; a pure function of the parameters, the batch and the dropout key.
+
+  Args:
+    params: {"encoder", "mlm_head", and for mode "smae" "mae_decoder"} (other keys are ignored).
+    batch: int arrays [batch, length]: input_ids, attention_mask, labels, and for mode "smae"
+      decoder_input_ids, decoder_labels; labels are -100 where nothing is predicted.
+    spec: the pairs, the mode and the gathering (see SmaeSpec).
+    model_config: the BERT config.
+    dtype: compute dtype (float32 or bfloat16); logits, softmax and LayerNorm statistics stay float32.
+    deterministic: no dropout when True; otherwise `dropout_rng` drives it.
+    remat: recompute encoder layer activations in the backward pass.
+
+  Returns:
+    loss: the scalar; metrics: {"mlm/n{n}_d{d}", "mae/n{n}_d{d}" per pair, "dropped_labels"}.
+  """
+  check_batch(batch, spec)
+  length = batch["input_ids"].shape[1]
+  eps = model_config.layer_norm_eps
+  if deterministic:
+    encoder_rng = embed_rng = decoder_rng = None
+  else:
+    encoder_rng, embed_rng, decoder_rng = jax.random.split(dropout_rng, 3)
+  head = params["mlm_head"]
+  words = params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+  transform = lambda h: head_transform(head, h, layer_norm_eps=eps, dtype=dtype)
+  out = bert.apply(params, batch["input_ids"], batch["attention_mask"], config=model_config,
+                   num_layers=spec.forward_layers(), dtype=dtype, deterministic=deterministic,
+                   dropout_rng=encoder_rng, remat=remat)
+  encoder_slots = spec.slots(length, spec.encoder_mask_rate) if spec.gather else None
+  decoder_slots = spec.slots(length, spec.decoder_mask_rate) if spec.gather else None
+
+  names, transformed, labels, dropped = [], [], [], jnp.zeros((), jnp.int32)
+  for n, d in spec.pairs:
+    hidden, pair_labels, lost = gather_labelled(out.hidden_states[n][:, :, :d], batch["labels"], encoder_slots)
+    names.append(f"mlm/n{n}_d{d}")
+    transformed.append(transform(hidden))
+    labels.append(pair_labels)
+    dropped = jnp.maximum(dropped, lost)  # every pair gathers the same labels
+
+  if spec.uses_decoder:
+    decoder_input = bert.embed(params, batch["decoder_input_ids"], config=model_config, dtype=dtype,
+                               deterministic=deterministic, dropout_rng=embed_rng)
+    # c per pair: the head transform of the pair's CLS vector, cut to d dims; it takes position 0.
+    cls = jnp.stack([transform(out.hidden_states[n][:, 0, :d]) for n, d in spec.pairs])  # [pairs, batch, hidden]
+    inputs = jnp.broadcast_to(decoder_input, (len(spec.pairs),) + decoder_input.shape)
+    inputs = inputs.at[:, :, 0].set(cls.astype(inputs.dtype))
+
+    def decode(x, rng):
+      return bert.apply_layer(params["mae_decoder"], x, batch["attention_mask"], config=model_config, dtype=dtype,
+                              deterministic=deterministic, dropout_rng=rng)
+
+    if deterministic:
+      decoded = jax.vmap(lambda x: decode(x, None))(inputs)
+    else:
+      decoded = jax.vmap(decode)(inputs, jax.random.split(decoder_rng, len(spec.pairs)))
+    lost = jnp.zeros((), jnp.int32)
+    for k, (n, d) in enumerate(spec.pairs):
+      hidden, pair_labels, lost = gather_labelled(decoded[k], batch["decoder_labels"], decoder_slots)
+      names.append(f"mae/n{n}_d{d}")
+      transformed.append(transform(hidden))
+      labels.append(pair_labels)
+    dropped = dropped + lost
+
+  losses = dict(zip(names, mean_cross_entropies(head, words, transformed, labels, dtype)))
+  terms = [losses[f"mlm/n{n}_d{d}"] for n, d in spec.pairs]
+  if spec.uses_decoder:
+    terms = [(mlm + losses[f"mae/n{n}_d{d}"]) / 2 for mlm, (n, d) in zip(terms, spec.pairs)]
+  loss = sum(terms) / len(terms)
+  return loss, {**losses, "dropped_labels": dropped}
+
+
+def init_decoder_params(encoder_params: dict) -> dict:
+  """The MAE decoder's initial parameters: a copy of encoder layer 1 (`layer_0`), as the paper's code does."""
+  return jax.tree.map(np.array, encoder_params["layer_0"])
