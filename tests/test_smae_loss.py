@@ -214,3 +214,16 @@ def optax_norm(tree):
 def test_spec_errors_name_the_problem(fields, message):
   with pytest.raises(StarbucksError, match=message):
     SmaeSpec(num_model_layers=6, hidden_size=32, **fields)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_mlm, tokenizer, sentences):
+  """`dtype=bfloat16` (matmuls in bf16, logits, softmax and LayerNorm statistics in float32)."""
+  config, params = tiny_mlm
+  batch = {k: jnp.asarray(v, jnp.int32) for k, v in random_masking(tokenizer, sentences[:8], seed=6).items()}
+  spec = SmaeSpec(pairs=((1, 8), (4, 32)), num_model_layers=4, hidden_size=32, mode="smae",
+                  encoder_mask_rate=0.5, decoder_mask_rate=0.9)
+  loss = lambda dtype: jax.jit(jax.value_and_grad(
+      lambda p: smae_loss(p, batch, spec=spec, model_config=config, dtype=dtype)[0]))(params)
+  (full, _), (half, grads) = loss(jnp.float32), loss(jnp.bfloat16)
+  assert abs(float(half) - float(full)) <= 0.02 * abs(float(full)), (float(half), float(full))
+  assert all(bool(jnp.all(jnp.isfinite(g))) and g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
