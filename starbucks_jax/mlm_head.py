@@ -30,7 +30,13 @@ def mlm_logits(head_params: dict, word_embeddings: jnp.ndarray, hidden: jnp.ndar
                layer_norm_eps: float, dtype=jnp.float32) -> jnp.ndarray:
   """[..., d] hidden states -> [..., vocab] float32 logits."""
   h = head_transform(head_params, hidden, layer_norm_eps=layer_norm_eps, dtype=dtype)
-  logits = jnp.dot(h.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
+  return vocab_logits(head_params, word_embeddings, h, dtype=dtype)
+
+
+def vocab_logits(head_params: dict, word_embeddings: jnp.ndarray, transformed: jnp.ndarray,
+                 dtype=jnp.float32) -> jnp.ndarray:
+  """The tied decoder: [..., hidden_size] transformed states -> [..., vocab] float32 logits, plus the bias."""
+  logits = jnp.dot(transformed.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
   return logits + head_params["bias"]
 
 

@@ -32,7 +32,7 @@ from starbucks_jax import bert
 from starbucks_jax.bert_config import BertConfig
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.masking import num_to_predict
-from starbucks_jax.mlm_head import head_transform
+from starbucks_jax.mlm_head import head_transform, vocab_logits
 
 IGNORE = -100  # the label of a position that predicts nothing
 MODES = ("smae", "mlm2d", "mlm")
@@ -115,17 +115,22 @@ def _label_positions(labels: jnp.ndarray, slots: int) -> jnp.ndarray:
   return jnp.argsort(unlabelled, axis=1, stable=True)[:, :slots]
 
 
-def gather_labelled(hidden, labels, slots: Optional[int]):
-  """([batch, slots, d] hidden, [batch, slots] labels, labels that found no slot) at the labelled positions.
+class LabelledPositions:
+  """Where one branch's labels are: every position (`slots=None`), or each row's first `slots` labelled ones.
 
-  `slots=None` keeps every position (no gathering).
+  Built once per branch and applied to every pair's hidden states, so the sort happens once.
   """
-  if slots is None:
-    return hidden, labels, jnp.zeros((), jnp.int32)
-  positions = _label_positions(labels, slots)
-  dropped = jnp.sum(jnp.maximum(jnp.sum(labels != IGNORE, axis=1) - slots, 0)).astype(jnp.int32)
-  return (jnp.take_along_axis(hidden, positions[:, :, None], axis=1), jnp.take_along_axis(labels, positions, axis=1),
-          dropped)
+
+  def __init__(self, labels: jnp.ndarray, slots: Optional[int]):
+    self.positions = None if slots is None else _label_positions(labels, slots)
+    self.labels = labels if slots is None else jnp.take_along_axis(labels, self.positions, axis=1)
+    # Labels beyond a row's slots (0 unless the batch was masked more densely than the rate allows).
+    self.dropped = (jnp.zeros((), jnp.int32) if slots is None else
+                    jnp.sum(jnp.maximum(jnp.sum(labels != IGNORE, axis=1) - slots, 0)).astype(jnp.int32))
+
+  def gather(self, hidden: jnp.ndarray) -> jnp.ndarray:
+    """[batch, length, d] -> [batch, slots, d]."""
+    return hidden if self.positions is None else jnp.take_along_axis(hidden, self.positions[:, :, None], axis=1)
 
 
 def mean_cross_entropies(head_params, word_embeddings, transformed: list, labels: list, dtype) -> list:
@@ -137,8 +142,7 @@ def mean_cross_entropies(head_params, word_embeddings, transformed: list, labels
   sizes = [t.shape[0] * t.shape[1] for t in transformed]
   h = jnp.concatenate([t.reshape(-1, t.shape[-1]) for t in transformed])
   y = jnp.concatenate([l.reshape(-1) for l in labels])
-  logits = jnp.dot(h.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
-  logits = logits + head_params["bias"]
+  logits = vocab_logits(head_params, word_embeddings, h, dtype=dtype)
   valid = y != IGNORE
   log_norm = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, jnp.where(valid, y, 0)[:, None], axis=-1)[:, 0]
@@ -184,13 +188,12 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: BertConfig, 
   encoder_slots = spec.slots(length, spec.encoder_mask_rate) if spec.gather else None
   decoder_slots = spec.slots(length, spec.decoder_mask_rate) if spec.gather else None
 
-  names, transformed, labels, dropped = [], [], [], jnp.zeros((), jnp.int32)
+  masked = LabelledPositions(batch["labels"], encoder_slots)
+  names, transformed, labels, dropped = [], [], [], masked.dropped
   for n, d in spec.pairs:
-    hidden, pair_labels, lost = gather_labelled(out.hidden_states[n][:, :, :d], batch["labels"], encoder_slots)
     names.append(f"mlm/n{n}_d{d}")
-    transformed.append(transform(hidden))
-    labels.append(pair_labels)
-    dropped = jnp.maximum(dropped, lost)  # every pair gathers the same labels
+    transformed.append(transform(masked.gather(out.hidden_states[n][:, :, :d])))
+    labels.append(masked.labels)
 
   if spec.uses_decoder:
     decoder_input = bert.embed(params, batch["decoder_input_ids"], config=model_config, dtype=dtype,
@@ -208,13 +211,12 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: BertConfig, 
       decoded = jax.vmap(lambda x: decode(x, None))(inputs)
     else:
       decoded = jax.vmap(decode)(inputs, jax.random.split(decoder_rng, len(spec.pairs)))
-    lost = jnp.zeros((), jnp.int32)
+    decoder_masked = LabelledPositions(batch["decoder_labels"], decoder_slots)
     for k, (n, d) in enumerate(spec.pairs):
-      hidden, pair_labels, lost = gather_labelled(decoded[k], batch["decoder_labels"], decoder_slots)
       names.append(f"mae/n{n}_d{d}")
-      transformed.append(transform(hidden))
-      labels.append(pair_labels)
-    dropped = dropped + lost
+      transformed.append(transform(decoder_masked.gather(decoded[k])))
+      labels.append(decoder_masked.labels)
+    dropped = dropped + decoder_masked.dropped
 
   losses = dict(zip(names, mean_cross_entropies(head, words, transformed, labels, dtype)))
   terms = [losses[f"mlm/n{n}_d{d}"] for n, d in spec.pairs]
