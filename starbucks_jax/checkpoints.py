@@ -7,7 +7,11 @@ A workdir holds:
   config.json       the training config, for the record
 
 `model/` plus any checkpoint's `params` is everything an export needs: no data, no config file.
-Each checkpoint item is committed atomically by Orbax, so a half-written step is never restored.
+Each checkpoint is committed atomically by Orbax (written under a temporary name, renamed when
+complete), so a half-written step is never listed. Once a save has finished, process 0 records the
+size of every file of it in `<step>/starbucks_files.json`; a restore first checks those files, so a
+truncated or deleted file is reported by name. A damaged newest checkpoint is moved to
+`workdir/damaged_checkpoints/` (kept, not deleted) and the run resumes from the one before it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from starbucks_jax.hf_export import TOKENIZER_FILES
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
+FILES_MANIFEST = "starbucks_files.json"
 MODEL_DIR = "model"
 SETTINGS_FILE = "starbucks.json"
 
@@ -38,14 +44,53 @@ class RunCheckpoints:
 
   def __init__(self, workdir: str | Path, *, every_steps: int, keep: int, async_save: bool = True):
     self.every_steps = max(every_steps, 1)
+    self.workdir = Path(workdir).absolute()
+    self._unrecorded: list[int] = []  # saved steps whose file manifest is not written yet
     # Orbax may save at every step; `save` decides (Orbax alone would also save the very first step).
     options = ocp.CheckpointManagerOptions(save_interval_steps=1, max_to_keep=keep,
                                            enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options,
+    self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINT_DIR, options=options,
                                          item_names=("params", "opt_state", "train_meta"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def restore_newest(self, template) -> tuple[object, int]:
+    """(state, step) from the newest readable checkpoint, or (template, 0) when there is none.
+
+    A damaged checkpoint is moved aside with a warning and the next older one is tried; when none is
+    left, a StarbucksError names the damaged file.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        check_files(self.workdir, step)
+        return self.restore(step, template), step
+      except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds; all mean "unreadable"
+        problem = str(e) if isinstance(e, StarbucksError) else \
+            f"checkpoint {self.workdir / CHECKPOINT_DIR / str(step)} cannot be read: {' '.join(str(e).split())[:400]}"
+        if i + 1 == len(steps):
+          raise StarbucksError(f"{problem}; there is no older checkpoint to resume from (move "
+                               f"{self.workdir / CHECKPOINT_DIR / str(step)} away to start from scratch)") from None
+        moved = self._set_aside(step)
+        log.warning("%s; resuming from the checkpoint at step %d instead (the damaged one is kept in %s)",
+                    problem, steps[i + 1], moved)
+    return template, 0
+
+  def _set_aside(self, step: int) -> Path:
+    """Moves a damaged step out of Orbax's sight, so that it is neither resumed nor counted as saved."""
+    target = self.workdir / DAMAGED_DIR / str(step)
+    _sync(f"starbucks_damaged_{step}_read")
+    if jax.process_index() == 0:
+      suffix = 0
+      while target.exists():
+        suffix += 1
+        target = self.workdir / DAMAGED_DIR / f"{step}.{suffix}"
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.workdir / CHECKPOINT_DIR / str(step)), str(target))
+    _sync(f"starbucks_damaged_{step}_moved")
+    self.manager.reload()
+    return target
 
   def save(self, state, step: int, *, force: bool = False) -> bool:
     """Starts saving `state` (a TrainState at `step`) if that step is due; returns whether it did.
@@ -55,11 +100,24 @@ class RunCheckpoints:
     """
     if not (force or step % self.every_steps == 0) or step in self.manager.all_steps():
       return False
+    self._record_finished()
     meta = {"step": step, "skipped_steps": int(state.skipped_steps),
             "rng": np.asarray(jax.random.key_data(state.rng)).tolist()}
-    return self.manager.save(step, force=True, args=ocp.args.Composite(
+    started = self.manager.save(step, force=True, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
         train_meta=ocp.args.JsonSave(meta)))
+    self._unrecorded.append(step)
+    return started
+
+  def _record_finished(self) -> None:
+    """Writes the file manifest of every save that has finished (waiting for the one in flight)."""
+    if not self._unrecorded:
+      return
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unrecorded:
+        record_files(self.workdir, step)
+    self._unrecorded = []
 
   def restore(self, step: int, template):
     """The TrainState saved at `step`, laid out like `template` (shapes, dtypes and shardings)."""
@@ -77,6 +135,49 @@ class RunCheckpoints:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._record_finished()
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def step_dir(workdir: str | Path, step: int) -> Path:
+  return Path(workdir).absolute() / CHECKPOINT_DIR / str(step)
+
+
+def record_files(workdir: str | Path, step: int) -> None:
+  """Writes `<step>/starbucks_files.json`: the size of every file of a finished checkpoint."""
+  directory = step_dir(workdir, step)
+  if not directory.is_dir():  # already removed by Orbax's keep-the-newest-K
+    return
+  sizes = {str(f.relative_to(directory)): f.stat().st_size for f in sorted(directory.rglob("*"))
+           if f.is_file() and f.name != FILES_MANIFEST}
+  staging = directory / (FILES_MANIFEST + ".tmp")
+  staging.write_text(json.dumps({"step": step, "files": sizes}, indent=1) + "\n")
+  staging.rename(directory / FILES_MANIFEST)
+
+
+def check_files(workdir: str | Path, step: int) -> None:
+  """Raises a StarbucksError naming the first file of checkpoint `step` that is missing or has the wrong
+  size. A checkpoint without a manifest (killed before it was written) is left to Orbax to check."""
+  directory = step_dir(workdir, step)
+  manifest = directory / FILES_MANIFEST
+  if not manifest.is_file():
+    return
+  try:
+    sizes = json.loads(manifest.read_text())["files"]
+  except (ValueError, KeyError) as e:
+    raise StarbucksError(f"checkpoint file list {manifest} is damaged ({e})") from None
+  for name, size in sizes.items():
+    path = directory / name
+    if not path.is_file():
+      raise StarbucksError(f"checkpoint file {path} is missing")
+    if path.stat().st_size != size:
+      raise StarbucksError(f"checkpoint file {path} has {path.stat().st_size} bytes; {size} were written "
+                           "(truncated or overwritten)")
 
 
 def write_model_dir(workdir: str | Path, config: BertConfig, tokenizer_dir: str | Path, settings: dict) -> None:
@@ -117,7 +218,8 @@ def restore_params(workdir: str | Path, step: int | None = None):
   elif step not in steps:
     raise StarbucksError(f"{workdir} has no checkpoint at step {step}; saved steps: "
                          f"{', '.join(map(str, steps))}")
-  path = Path(workdir).absolute() / CHECKPOINT_DIR / str(step) / "params"
+  check_files(workdir, step)
+  path = step_dir(workdir, step) / "params"
   tree = ocp.StandardCheckpointHandler().metadata(path)  # shapes and dtypes of the saved tree
   # Restore onto the host CPU, whatever mesh the run used.
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])

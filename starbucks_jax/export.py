@@ -26,11 +26,19 @@ log = logging.getLogger(__name__)
 def export_workdir(workdir: Path, output: Path, *, step: int | None = None, num_layers: int | None = None,
                    overwrite: bool = False) -> Path:
   """Writes a Hugging Face folder from a workdir's checkpoint (the newest unless `step` is given)."""
-  from starbucks_jax import checkpoints, hf_export
-  model_config, settings, model_dir = checkpoints.read_model_dir(workdir)
+  from starbucks_jax import checkpoints
+  model_config, _, _ = checkpoints.read_model_dir(workdir)
   if num_layers is not None and not 1 <= num_layers <= model_config.num_hidden_layers:
     raise StarbucksError(f"--num-layers {num_layers} is outside 1..{model_config.num_hidden_layers}")
   params, step = checkpoints.restore_params(workdir, step)
+  return export_params(workdir, params, output, step=step, num_layers=num_layers, overwrite=overwrite)
+
+
+def export_params(workdir: Path, params: dict, output: Path, *, step: int, num_layers: int | None = None,
+                  overwrite: bool = False) -> Path:
+  """Writes a Hugging Face folder from host `params` of the model that `workdir/model` describes."""
+  from starbucks_jax import checkpoints, hf_export
+  model_config, settings, model_dir = checkpoints.read_model_dir(workdir)
   output = Path(output)
   staging = output.with_name(output.name + ".partial")
   shutil.rmtree(staging, ignore_errors=True)

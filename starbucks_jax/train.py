@@ -9,10 +9,21 @@
 The config's `task` ("srl" or "smae") picks the loss and the kind of data (`train_setup.py`); the loop
 below is the same for both.
 
-The same command runs on one CPU or on many devices. Re-running it with the same --workdir resumes
-from the newest checkpoint: batches depend only on (seed, step) and the RNG is in the checkpoint, so
-the resumed run computes exactly what an uninterrupted one would. At the end the model is exported to
-`workdir/export` as a Hugging Face / sentence-transformers folder.
+The same command runs on one CPU, on many devices and on many hosts: started by a launcher
+(`launch/`), each process joins the others (`distributed.py`), loads only its rows of every batch and
+puts them on a mesh of `mesh.data` x `mesh.fsdp` devices (`sharding.py`). Process 0 alone logs,
+evaluates and exports.
+
+Re-running the command with the same --workdir resumes from the newest readable checkpoint: batches
+depend only on (seed, step) and the RNG is in the checkpoint, so the resumed run computes exactly what
+an uninterrupted one would. On SIGTERM (preemption) the run saves a checkpoint at the step it is on and
+exits with status 0. At the end the model is exported to `workdir/export` as a Hugging Face /
+sentence-transformers folder.
+
+    python -m starbucks_jax.train --config configs/srl_allnli_bert_base.py --dry_run [--cpu_devices 8 \
+        --config.mesh.fsdp=8]
+
+compiles the step for the configured mesh without running it and prints the memory each device needs.
 
 Everything a user can get wrong (the config, the pairs, the data files) is checked before anything
 compiles, and checkpoints already in the workdir are never overwritten by a different run's.
@@ -21,6 +32,7 @@ compiles, and checkpoints already in the workdir are never overwritten by a diff
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import logging
@@ -35,13 +47,25 @@ from starbucks_jax.errors import StarbucksError, run_cli
 log = logging.getLogger("starbucks_jax.train")
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """The command line beside the config."""
+  dry_run: bool = False          # compile the step for the mesh and report memory; train nothing
+  cpu_devices: int | None = None  # simulate this many CPU devices (must be set before JAX starts)
+
+
 def parse_flags(argv) -> tuple:
-  """(config, workdir) from `--config FILE[:ARG] --workdir DIR [--config.key=value ...]`."""
+  """(config, workdir, RunOptions) from `--config FILE[:ARG] --workdir DIR [--config.key=value ...]
+  [--dry_run] [--cpu_devices N]`."""
   from absl import flags
   from ml_collections import config_flags
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "an ml_collections config file", flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go", flag_values=flag_values)
+  flags.DEFINE_bool("dry_run", False, "compile the training step for the configured mesh, print parameter "
+                    "and activation memory per device, and stop (nothing is written)", flag_values=flag_values)
+  flags.DEFINE_integer("cpu_devices", None, "run on this many simulated CPU devices, e.g. to --dry_run a pod's "
+                       "mesh on a workstation", flag_values=flag_values)
   argv = list(argv)
   for i, arg in enumerate(argv):  # name a missing config file plainly, before absl's longer report
     if arg == "--config" and i + 1 < len(argv):
@@ -62,9 +86,12 @@ def parse_flags(argv) -> tuple:
     raise StarbucksError(f"bad command line: {' '.join(str(e).split())}") from None
   if config is None:
     raise StarbucksError("--config is required (for example --config configs/quickstart.py)")
-  if not flag_values.workdir:
+  options = RunOptions(dry_run=flag_values.dry_run, cpu_devices=flag_values.cpu_devices)
+  if options.cpu_devices is not None and options.cpu_devices < 1:
+    raise StarbucksError(f"--cpu_devices must be at least 1, got {options.cpu_devices}")
+  if not flag_values.workdir and not options.dry_run:
     raise StarbucksError("--workdir is required")
-  return config, Path(flag_values.workdir)
+  return config, Path(flag_values.workdir) if flag_values.workdir else None, options
 
 
 def validate_config(config) -> None:
@@ -95,8 +122,9 @@ def check_workdir(workdir: Path, config) -> None:
   if not saved.is_file():
     return
   previous, current = json.loads(saved.read_text()), json.loads(config.to_json_best_effort())
-  # Where to log, checkpoint or export may change between restarts; what is trained may not.
-  volatile = {"checkpoint", "log_every_steps", "tensorboard", "progress_bar", "export", "eval"}
+  # Where to log, checkpoint or export may change between restarts, and so may the mesh (a run preempted
+  # on one pod may resume on another; Orbax re-lays the checkpoint out); what is trained may not.
+  volatile = {"checkpoint", "log_every_steps", "tensorboard", "progress_bar", "export", "eval", "mesh"}
   changed = sorted(k for k in set(previous) | set(current)
                    if k not in volatile and previous.get(k) != current.get(k))
   if changed and (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
@@ -105,105 +133,226 @@ def check_workdir(workdir: Path, config) -> None:
 
 
 def main(argv=None) -> dict:
-  config, workdir = parse_flags(sys.argv[1:] if argv is None else argv)
+  config, workdir, options = parse_flags(sys.argv[1:] if argv is None else argv)
+  if options.cpu_devices:
+    use_cpu_devices(options.cpu_devices)
+  if options.dry_run:
+    return dry_run(config)
   return train(config, workdir)
 
 
-def train(config, workdir: Path) -> dict:
-  """Runs (or resumes) training; returns a summary: final step, last metrics, export path."""
-  # --- Checks that need no compilation: config, model config, pairs, data files. ---
-  validate_config(config)
-  check_workdir(workdir, config)
+def use_cpu_devices(count: int) -> None:
+  """Makes JAX (not yet started) see `count` CPU devices."""
+  if "jax" in sys.modules and sys.modules["jax"].config.jax_platforms not in (None, "", "cpu"):
+    raise StarbucksError("--cpu_devices must be given before JAX has started")
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+
+
+@dataclasses.dataclass
+class PreparedRun:
+  """The pieces of a run that follow from config and data, before any state exists or anything compiles."""
+  setup: object
+  mesh: object
+  tx: object
+  schedule: object
+  params: dict            # the starting parameters, on the host
+  state_shardings: object
+  step_fn: object         # jitted (state, batch) -> (state, metrics), state donated
+
+
+def build(config) -> PreparedRun:
+  """Joins the other processes, checks the data, and sets up mesh, optimizer, weights and the (not yet
+  compiled) step. `config` has passed `validate_config`."""
+  from starbucks_jax import distributed
+  distributed.initialize()
   from starbucks_jax.train_setup import prepare
   setup = prepare(config)
-  model_config, total_steps = setup.model_config, setup.total_steps
 
   import jax
-  from starbucks_jax.train_eval import TrainingEvaluator
-  evaluator = TrainingEvaluator(config.eval, model_config, setup.tokenizer, pooling=config.model.pooling,
-                                default_pairs=setup.log_pairs)
-
-  from starbucks_jax import checkpoints, optim, sharding, train_step
+  from starbucks_jax import optim, sharding, train_step
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh, config.grad_accum_steps)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps, trainable=setup.trainable)
+  sharding.check_process_rows(mesh, config.batch_size)
+  if setup.model_config.hidden_size % mesh.shape[sharding.FSDP_AXIS]:
+    log.warning("hidden size %d is not divisible by mesh.fsdp=%d: parameters stay replicated",
+                setup.model_config.hidden_size, mesh.shape[sharding.FSDP_AXIS])
+  tx, schedule = optim.make_optimizer(config.optimizer, setup.total_steps, trainable=setup.trainable)
+  params = setup.load_params()
+  abstract_state = jax.eval_shape(functools.partial(train_step.init_state, tx=tx, seed=config.seed), params)
+  state_shardings = sharding.tree_shardings(abstract_state, mesh)
+  step_fn = jax.jit(functools.partial(train_step.train_step, tx=tx, settings=setup.settings), donate_argnums=(0,),
+                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)))
+  return PreparedRun(setup, mesh, tx, schedule, params, state_shardings, step_fn)
+
+
+def dry_run(config) -> dict:
+  """Compiles the step for the configured mesh without running it; prints memory per device."""
+  import jax
+  from starbucks_jax import sharding, train_step
+  validate_config(config)
+  run = build(config)
+  abstract = lambda tree, shardings: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  state = abstract(jax.eval_shape(functools.partial(train_step.init_state, tx=run.tx, seed=config.seed),
+                                  run.params), run.state_shardings)
+  local_batch = run.setup.data.batch(0)
+  rows = sharding.batch_sharding(run.mesh)
+  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=rows)
+           for k, v in local_batch.items()}
+  started = time.perf_counter()
+  compiled = run.step_fn.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - started
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = {
+      "devices": int(run.mesh.devices.size),
+      "mesh": {axis: int(size) for axis, size in run.mesh.shape.items()},
+      "parameters_bytes": sharding.bytes_per_device(state.params, run.state_shardings.params),
+      "optimizer_state_bytes": sharding.bytes_per_device(state.opt_state, run.state_shardings.opt_state),
+      "batch_bytes": sum(v.size * v.dtype.itemsize for v in local_batch.values()) // jax.local_device_count(),
+      "activations_bytes": int(memory.temp_size_in_bytes),  # XLA's temporaries: activations, gradients
+      "total_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                         + memory.temp_size_in_bytes),
+      "gflops_per_device": float(cost.get("flops", 0.0)) / 1e9 if cost else None,
+      "compile_seconds": compile_seconds,
+  }
+  stats = jax.local_devices()[0].memory_stats() or {}
+  report["device_limit_bytes"] = stats.get("bytes_limit")
+  if jax.process_index() == 0:
+    print(format_dry_run(report, config, jax.devices()[0].platform))
+  return report
+
+
+def format_dry_run(report: dict, config, platform: str) -> str:
+  def gib(n):  # the largest unit that keeps the figure at least 1
+    unit = next((u for u, size in (("GiB", 2**30), ("MiB", 2**20)) if n >= size), "KiB")
+    return f"{n / {'GiB': 2**30, 'MiB': 2**20, 'KiB': 2**10}[unit]:9.3f} {unit}"
+  mesh = " x ".join(f"{axis}={size}" for axis, size in report["mesh"].items())
+  lines = [f"dry run: {config.task} step, batch {config.batch_size} x {config.grad_accum_steps} accumulation, "
+           f"mesh {mesh} on {report['devices']} {platform} device(s), compiled in {report['compile_seconds']:.1f} s",
+           "memory per device:",
+           f"  parameters        {gib(report['parameters_bytes'])}",
+           f"  optimizer state   {gib(report['optimizer_state_bytes'])}",
+           f"  batch             {gib(report['batch_bytes'])}",
+           f"  activations       {gib(report['activations_bytes'])}  (XLA temporaries of the step)",
+           f"  total             {gib(report['total_bytes'])}"]
+  if report["device_limit_bytes"]:
+    fits = report["total_bytes"] <= report["device_limit_bytes"]
+    lines.append(f"  device limit      {gib(report['device_limit_bytes'])}  ({'fits' if fits else 'DOES NOT FIT'})")
+  if report["gflops_per_device"]:
+    lines.append(f"compute: {report['gflops_per_device']:.1f} GFLOP per device per step")
+  return "\n".join(lines)
+
+
+def train(config, workdir: Path) -> dict:
+  """Runs (or resumes) training; returns a summary: final step, last metrics, export path, preempted."""
+  # --- Checks that need no compilation: config, workdir, model config, pairs, data files. ---
+  validate_config(config)
+  check_workdir(workdir, config)
+  run = build(config)
+  setup, mesh, total_steps = run.setup, run.mesh, run.setup.total_steps
+
+  import jax
+  from starbucks_jax import checkpoints, sharding, train_step
+  from starbucks_jax.preemption import PreemptionWatch
+  from starbucks_jax.train_eval import TrainingEvaluator
+  evaluator = TrainingEvaluator(config.eval, setup.model_config, setup.tokenizer, pooling=config.model.pooling,
+                                default_pairs=setup.log_pairs)
 
   # --- The workdir: what export needs, the config, the checkpoint manager. ---
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   if is_main:
-    checkpoints.write_model_dir(workdir, model_config, setup.model_dir, setup.model_settings)
+    checkpoints.write_model_dir(workdir, setup.model_config, setup.model_dir, setup.model_settings)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   run_checkpoints = checkpoints.RunCheckpoints(workdir, every_steps=config.checkpoint.every_steps,
                                                keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
 
-  # --- State: pretrained weights, or the newest checkpoint. ---
-  params = setup.load_params()
-  replicated = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(train_step.init_state, tx=tx, seed=config.seed), out_shardings=replicated)(params)
-  start_step = run_checkpoints.latest_step() or 0
+  # --- State: the starting weights, or the newest readable checkpoint. ---
+  state = jax.jit(functools.partial(train_step.init_state, tx=run.tx, seed=config.seed),
+                  out_shardings=run.state_shardings)(run.params)
+  run.params = None  # the state holds them now
+  state, start_step = run_checkpoints.restore_newest(state)
   if start_step:
     log.info("resuming from the checkpoint at step %d in %s", start_step, workdir / "checkpoints")
-    state = run_checkpoints.restore(start_step, state)
-
-  step_fn = jax.jit(functools.partial(train_step.train_step, tx=tx, settings=setup.settings), donate_argnums=(0,),
-                    in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated))
 
   from starbucks_jax.metrics_log import MetricsLog
   metrics_log = MetricsLog(workdir, resume_step=start_step, enabled=is_main, tensorboard=config.tensorboard)
-  log.info("training %s: %d steps of %d examples, pairs %s, %d device(s)", setup.description, total_steps,
-           config.batch_size, setup.log_pairs, mesh.devices.size)
+  log.info("training %s: %d steps of %d examples, pairs %s, mesh %s over %d device(s) in %d process(es)",
+           setup.description, total_steps, config.batch_size, setup.log_pairs, dict(mesh.shape), mesh.devices.size,
+           jax.process_count())
 
   from tqdm.auto import tqdm
   progress = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                   disable=not (is_main and config.progress_bar), dynamic_ncols=True)
+  preemption = PreemptionWatch()
   last_metrics: dict = {}
   # Batches are made on a background thread one step ahead (tokenising overlaps the device step).
   prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
   pending = prefetch.submit(setup.data.batch, start_step) if start_step < total_steps else None
   window_start, window_steps = time.perf_counter(), 0
-  # Fault injection for the resume tests: SIGKILL this process once step N is done.
+  # Fault injection for the survival tests: SIGKILL this process once step N is done; sleep S seconds
+  # after every step, so that a test's signal lands mid-run.
   fault_kill_step = int(os.environ.get("STARBUCKS_FAULT_KILL_AT_STEP", "0"))
+  fault_step_sleep = float(os.environ.get("STARBUCKS_FAULT_STEP_SLEEP", "0"))
+  done, preempted = start_step, False
   for step in range(start_step, total_steps):
     local_batch = pending.result()
     pending = prefetch.submit(setup.data.batch, step + 1) if step + 1 < total_steps else None
-    state, metrics = step_fn(state, sharding.put_batch(local_batch, mesh))
+    state, metrics = run.step_fn(state, sharding.put_batch(local_batch, mesh))
     window_steps += 1
     done = step + 1
     row = {}
     if done % config.log_every_steps == 0 or done == total_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       elapsed = time.perf_counter() - window_start
-      last_metrics = {"loss": metrics.pop("loss"), "lr": float(schedule(step)),
+      last_metrics = {"loss": metrics.pop("loss"), "lr": float(run.schedule(step)),
                       "examples_per_sec": window_steps * config.batch_size / elapsed,
                       "skipped_steps": int(jax.device_get(state.skipped_steps)), **metrics}
       row.update(last_metrics)
       progress.set_postfix(loss=f"{last_metrics['loss']:.4f}", ex_s=f"{last_metrics['examples_per_sec']:.1f}")
-    if is_main and evaluator.due(done, total_steps):
-      scores = evaluator(state.params)
-      row.update(scores)
-      log.info("evaluation at step %d: %s", done, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    if evaluator.due(done, total_steps):
+      host_params = sharding.gather_to_host(state.params, mesh)  # every process takes part
+      if is_main:
+        scores = evaluator(host_params)
+        row.update(scores)
+        log.info("evaluation at step %d: %s", done, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     if row:
       metrics_log.write(done, row)
       window_start, window_steps = time.perf_counter(), 0
-    run_checkpoints.save(state, done, force=done == total_steps)
+    preempted = done < total_steps and preemption.requested(done)
+    run_checkpoints.save(state, done, force=done == total_steps or preempted)
     progress.update(1)
     if done == fault_kill_step:
       run_checkpoints.wait()
       os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(fault_step_sleep)
+    if preempted:
+      break
   progress.close()
-  prefetch.shutdown()
+  preemption.close()
+  prefetch.shutdown(wait=False, cancel_futures=True)
   run_checkpoints.wait()
   metrics_log.close()
+  if preempted:
+    log.warning("preempted: saved the checkpoint at step %d of %d; run the same command to resume", done,
+                total_steps)
+    return {"step": done, "metrics": last_metrics, "export": None, "preempted": True}
   if start_step < total_steps and int(jax.device_get(state.skipped_steps)):
     log.warning("%d of %d steps were skipped because their loss or gradients were not finite",
                 int(jax.device_get(state.skipped_steps)), total_steps)
 
   export_dir = None
-  if config.export.enabled and is_main:
-    from starbucks_jax.export import export_workdir
-    export_dir = export_workdir(workdir, workdir / "export", overwrite=True)
-  return {"step": total_steps, "metrics": last_metrics, "export": export_dir}
+  if config.export.enabled:
+    host_params = sharding.gather_to_host(state.params, mesh)  # every process takes part
+    if is_main:
+      from starbucks_jax.export import export_params
+      export_dir = export_params(workdir, host_params, workdir / "export", step=total_steps, overwrite=True)
+  return {"step": total_steps, "metrics": last_metrics, "export": export_dir, "preempted": False}
 
 
 if __name__ == "__main__":

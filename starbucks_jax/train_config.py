@@ -112,7 +112,9 @@ def _run_config(task: str) -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1                    # data-parallel devices; -1 = all
+  c.mesh.data = -1                    # data-parallel devices; -1 = what fsdp leaves
+  c.mesh.fsdp = 1                     # devices that shard parameters and optimizer state (ZeRO-3 style);
+                                      # the batch is split over data x fsdp; -1 = what data leaves
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0  # first: the CPU wheel, not CUDA
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
-python -m pytest -q tests "$@"
+# Two workers (the CI machine's cores); a test module runs on one worker, so its shared fixtures are made once.
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadscope tests "$@"

@@ -1,5 +1,7 @@
 """Run in a subprocess by test_sharding.py: one SRL or SMAE loss-and-gradient computation on a 1-device
-mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences."""
+mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences. With a fourth argument
+"fsdp" the 8 devices form a data=2 x fsdp=4 mesh and parameters, optimizer state and gradients are
+sharded by the FSDP rules."""
 
 import os
 
@@ -9,7 +11,6 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -20,13 +21,13 @@ from starbucks_jax.smae_loss import SmaeSpec, init_decoder_params
 from starbucks_jax.srl_loss import SrlLossSpec
 
 
-def main(dropout: float, accum: int, mode: str):
+def main(dropout: float, accum: int, mode: str, fsdp: int = 1):
   config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                       intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=dropout,
                       attention_probs_dropout_prob=dropout)
   params = bert.init_params(config, jax.random.key(0))
   if mode == "smae":
-    return main_smae(config, params, accum)
+    return main_smae(config, params, accum, fsdp)
   if mode == "2dmse":
     spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, pairs=((1, 8), (2, 16), (4, 32)),
                        layers=(0, 1, 2, 3), dims=(8, 16, 32), group_size=2)
@@ -45,10 +46,10 @@ def main(dropout: float, accum: int, mode: str):
   qi, qm = side(queries)
   pi, pm = side(queries * group)
   batch = {"query_input_ids": qi, "query_attention_mask": qm, "passage_input_ids": pi, "passage_attention_mask": pm}
-  compare(params, batch, settings)
+  compare(params, batch, settings, fsdp)
 
 
-def main_smae(config, params, accum):
+def main_smae(config, params, accum, fsdp):
   params["mlm_head"] = init_mlm_head_params(config, jax.random.key(1))
   params["mae_decoder"] = init_decoder_params(params["encoder"])
   spec = SmaeSpec(pairs=((1, 8), (2, 16), (4, 32)), num_model_layers=4, hidden_size=32, mode="smae",
@@ -66,25 +67,31 @@ def main_smae(config, params, accum):
            "labels": np.where(encoder_mask, ids, -100).astype(np.int32),
            "decoder_input_ids": np.where(decoder_mask, 3, ids),
            "decoder_labels": np.where(decoder_mask, ids, -100).astype(np.int32)}
-  compare(params, batch, settings)
+  compare(params, batch, settings, fsdp)
 
 
-def compare(params, batch, settings):
+def compare(params, batch, settings, fsdp):
   results = {}
+  import jax.numpy as jnp
+  import optax
+  # An "optimizer" that keeps the step's (accumulated) gradients as its state and changes nothing: one
+  # program per mesh gives the step's metrics and exactly the gradients it would apply.
+  keep_grads = optax.GradientTransformation(
+      lambda p: {"grads": jax.tree.map(jnp.zeros_like, p)},
+      lambda g, state, p=None: (jax.tree.map(jnp.zeros_like, g), {"grads": g}))
   for devices in (1, 8):
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": devices}))
+    layout = {"data": devices // fsdp, "fsdp": fsdp} if devices == 8 else {"data": 1}
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(layout))
     rep, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    import optax
-    tx = optax.sgd(0.0)
-    state = train_step.init_state(params, tx, seed=3)
-    fn = jax.jit(lambda s, b: train_step.train_step(s, b, tx, settings)[1], in_shardings=(rep, rows),
-                 out_shardings=rep)
-    grad = jax.jit(lambda p, b: jax.grad(lambda p: settings.loss(p, b, jax.random.key(7))[0])(p),
-                   in_shardings=(rep, rows), out_shardings=rep)
-    placed = jax.device_put(batch, rows)
-    metrics = jax.device_get(fn(jax.device_put(state, rep), placed))
-    grads = jax.device_get(grad(jax.device_put(params, rep), placed))
-    results[devices] = (metrics, grads)
+    state = train_step.init_state(params, keep_grads, seed=3)
+    state_layout = sharding.tree_shardings(state, mesh)
+    step = jax.jit(lambda s, b: train_step.train_step(s, b, keep_grads, settings), in_shardings=(state_layout, rows),
+                   out_shardings=(state_layout, rep))
+    placed = jax.device_put(state, state_layout)
+    new_state, metrics = jax.device_get(step(placed, jax.device_put(batch, rows)))
+    if devices == 8:
+      sharded = sum(1 for x in jax.tree.leaves(placed.params) if not x.is_fully_replicated)
+    results[devices] = (metrics, new_state.opt_state["grads"])
   (m1, g1), (m8, g8) = results[1], results[8]
   # Differences relative to each value's size (at least 1): float32 sums in another order differ by
   # about 1e-7 of their size, so a loss of 15 may move by 1e-6 while one of 0.5 moves by 5e-8.
@@ -94,8 +101,9 @@ def compare(params, batch, settings):
   grad_scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(g1))
   print(json.dumps({"loss_1": float(m1["loss"]), "loss_8": float(m8["loss"]), "metric_diff": metric_diff,
                     "grad_diff": grad_diff, "grad_scale": grad_scale, "devices": len(jax.devices()),
+                    "sharded_params": sharded,
                     "metric_keys": sorted(m1)}))
 
 
 if __name__ == "__main__":
-  main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+  main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], 4 if sys.argv[4:] == ["fsdp"] else 1)

@@ -12,11 +12,12 @@ import pytest
 PROBE = Path(__file__).with_name("sharding_probe.py")
 
 
-@pytest.mark.parametrize("dropout, accum, mode", [(0.0, 1, "starbucks"), (0.1, 1, "starbucks"),
-                                                   (0.0, 2, "starbucks"), (0.1, 1, "2dmse"),
-                                                   (0.1, 2, "smae")])
-def test_one_and_eight_devices_agree(dropout, accum, mode):
-  out = subprocess.run([sys.executable, str(PROBE), str(dropout), str(accum), mode], capture_output=True,
+# "fsdp": the 8 devices as data=2 x fsdp=4, parameters and Adam state sharded by the FSDP rules.
+@pytest.mark.parametrize("dropout, accum, mode, layout", [(0.0, 1, "starbucks", "dp"), (0.1, 1, "starbucks", "fsdp"),
+                                                           (0.0, 2, "starbucks", "fsdp"), (0.1, 1, "2dmse", "dp"),
+                                                           (0.1, 2, "smae", "fsdp")])
+def test_one_and_eight_devices_agree(dropout, accum, mode, layout):
+  out = subprocess.run([sys.executable, str(PROBE), str(dropout), str(accum), mode, layout], capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -25,3 +26,5 @@ def test_one_and_eight_devices_agree(dropout, accum, mode):
   assert result["metric_diff"] <= 1e-5, result
   assert result["grad_diff"] <= 1e-5, result
   assert result["grad_scale"] > 1e-3  # gradients are not all zero
+  # Under FSDP every kernel and embedding table is split (4 per layer, 2 FFN, 2 embeddings, ...).
+  assert (result["sharded_params"] >= 10) if layout == "fsdp" else result["sharded_params"] == 0

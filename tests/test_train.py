@@ -1,9 +1,6 @@
 """End-to-end training: a tiny random BERT on shipped SNLI triplets, checkpoints, resume, export."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,38 +140,9 @@ def test_workdir_of_another_run_is_refused(tiny_dir, tmp_path):
   with pytest.raises(StarbucksError, match="different config.*optimizer"):
     run_train(tiny_config(tiny_dir, num_steps=3, **{"optimizer.lr": 5e-4}), tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == saved
-
-
-def _cli(workdir, model_dir, env_extra=None):
-  env = dict(os.environ, **(env_extra or {}))
-  overrides = [f"--config.model.name={model_dir}", "--config.data.max_examples=96", "--config.batch_size=8",
-               "--config.num_steps=10", "--config.checkpoint.every_steps=4", "--config.log_every_steps=1",
-               "--config.starbucks.pairs=((1,8),(2,16),(4,32))", "--config.data.query_max_length=32",
-               "--config.data.passage_max_length=32", "--config.mesh.data=1", "--config.progress_bar=False",
-               "--config.optimizer.lr=1e-3"]
-  return subprocess.run([sys.executable, "-m", "starbucks_jax.train", "--config", str(REPO / "configs" / "quickstart.py"),
-                         "--workdir", str(workdir)] + overrides, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_killed_run_resumes_to_the_same_metrics(tiny_dir, tmp_path):
-  whole = _cli(tmp_path / "whole", tiny_dir)
-  assert whole.returncode == 0, whole.stderr[-3000:]
-  killed = _cli(tmp_path / "killed", tiny_dir, {"STARBUCKS_FAULT_KILL_AT_STEP": "7"})
-  assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, after the checkpoint at step 4
-  assert not (tmp_path / "killed" / "export").exists()
-  resumed = _cli(tmp_path / "killed", tiny_dir)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resuming from the checkpoint at step 4" in resumed.stderr
-
-  from starbucks_jax.metrics_log import read_metrics
-  drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
-  expected, got = drop_timing(read_metrics(tmp_path / "whole")), drop_timing(read_metrics(tmp_path / "killed"))
-  assert [r["step"] for r in got] == list(range(1, 11))
-  assert got == expected
-  from safetensors.numpy import load_file
-  a = load_file(tmp_path / "whole" / "export" / "model.safetensors")
-  b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
-  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  # A different mesh is allowed: a preempted run may resume on another slice.
+  from starbucks_jax.train import check_workdir
+  check_workdir(tmp_path, tiny_config(tiny_dir, num_steps=3, **{"export.enabled": False, "mesh.fsdp": 4}))
 
 
 def _write_tevatron(path, queries=24, negatives=2):
