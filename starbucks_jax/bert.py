@@ -117,6 +117,16 @@ class EncoderOutput:
     return getattr(self, kind)[layer]
 
 
+# The logical axes of a hidden-state tensor. Training maps "activation_batch" to the mesh's batch axes
+# (`sharding.activation_rules`), so activations stay split by example while FSDP-sharded weights are
+# gathered; without rules in force (inference, tests) the constraint does nothing.
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _constrain(x: jnp.ndarray) -> jnp.ndarray:
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
 class BertEncoder(nn.Module):
   """Embeddings and the first `num_layers` encoder layers (all of them when None)."""
   config: BertConfig
@@ -138,12 +148,12 @@ class BertEncoder(nn.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     mask_bias = attention_bias(attention_mask)
-    x = Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+    x = _constrain(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic))
     hidden_states = [x]
     # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
     layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
     for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
-      x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic)
+      x = _constrain(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic))
       hidden_states.append(x)
     return EncoderOutput(
         hidden_states=tuple(hidden_states),
@@ -169,16 +179,16 @@ def embed(params, input_ids, token_type_ids=None, *, config: BertConfig, dtype: 
   if token_type_ids is None:
     token_type_ids = jnp.zeros_like(input_ids)
   rngs = None if deterministic else {"dropout": dropout_rng}
-  return Embeddings(config, dtype).apply({"params": encoder_params["embeddings"]}, input_ids, token_type_ids,
-                                         deterministic, rngs=rngs)
+  return _constrain(Embeddings(config, dtype).apply({"params": encoder_params["embeddings"]}, input_ids,
+                                                    token_type_ids, deterministic, rngs=rngs))
 
 
 def apply_layer(layer_params, x, attention_mask, *, config: BertConfig, dtype: Dtype = jnp.float32,
                 deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
   """One encoder layer with the given parameters (an `encoder/layer_{i}` tree) over [batch, length, hidden]."""
   rngs = None if deterministic else {"dropout": dropout_rng}
-  return EncoderLayer(config, dtype).apply({"params": layer_params}, x.astype(dtype), attention_bias(attention_mask),
-                                           deterministic, rngs=rngs)
+  return _constrain(EncoderLayer(config, dtype).apply({"params": layer_params}, x.astype(dtype),
+                                                      attention_bias(attention_mask), deterministic, rngs=rngs))
 
 
 def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:

@@ -16,6 +16,7 @@ pod:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -47,6 +48,18 @@ PARAM_AXES = (
 # Logical axis -> mesh axis. Only the hidden dimension is sharded: it divides by the usual power-of-two
 # FSDP sizes (768 = 3 x 256), where BERT's vocabulary (30522) does not.
 LOGICAL_RULES = {"embed": FSDP_AXIS}
+
+
+# Logical activation axes (named in bert.py) -> mesh axes: hidden states stay split by example.
+ACTIVATION_RULES = (("activation_batch", BATCH_AXES), ("activation_length", None), ("activation_embed", None))
+
+
+@contextlib.contextmanager
+def activation_layout(mesh: Mesh):
+  """While tracing under this context, the model's activation constraints take effect on `mesh`."""
+  import flax.linen as nn
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(ACTIVATION_RULES):
+    yield
 
 
 def mesh_shape(mesh_config, device_count: int) -> dict[str, int]:

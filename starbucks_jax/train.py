@@ -182,8 +182,12 @@ def build(config) -> PreparedRun:
   params = setup.load_params()
   abstract_state = jax.eval_shape(functools.partial(train_step.init_state, tx=tx, seed=config.seed), params)
   state_shardings = sharding.tree_shardings(abstract_state, mesh)
-  step_fn = jax.jit(functools.partial(train_step.train_step, tx=tx, settings=setup.settings), donate_argnums=(0,),
-                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+
+  def step(state, batch):
+    with sharding.activation_layout(mesh):  # traced under the mesh: activations split by example
+      return train_step.train_step(state, batch, tx=tx, settings=setup.settings)
+
+  step_fn = jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)))
   return PreparedRun(setup, mesh, tx, schedule, params, state_shardings, step_fn)
 
@@ -198,6 +202,7 @@ def dry_run(config) -> dict:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
   state = abstract(jax.eval_shape(functools.partial(train_step.init_state, tx=run.tx, seed=config.seed),
                                   run.params), run.state_shardings)
+  run.setup.data.fixed_lengths = True  # the longest batch the run can meet: padded to the max lengths
   local_batch = run.setup.data.batch(0)
   rows = sharding.batch_sharding(run.mesh)
   batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=rows)

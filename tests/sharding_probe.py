@@ -85,8 +85,12 @@ def compare(params, batch, settings, fsdp):
     rep, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     state = train_step.init_state(params, keep_grads, seed=3)
     state_layout = sharding.tree_shardings(state, mesh)
-    step = jax.jit(lambda s, b: train_step.train_step(s, b, keep_grads, settings), in_shardings=(state_layout, rows),
-                   out_shardings=(state_layout, rep))
+
+    def run_step(s, b, mesh=mesh):
+      with sharding.activation_layout(mesh):  # as train.py traces it
+        return train_step.train_step(s, b, keep_grads, settings)
+
+    step = jax.jit(run_step, in_shardings=(state_layout, rows), out_shardings=(state_layout, rep))
     placed = jax.device_put(state, state_layout)
     new_state, metrics = jax.device_get(step(placed, jax.device_put(batch, rows)))
     if devices == 8:
