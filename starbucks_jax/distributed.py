@@ -121,6 +121,7 @@ def wait_for_coordinator(cluster: Cluster, timeout: float) -> None:
 
 def initialize(env=None) -> Cluster | None:
   """Joins the cluster described by the environment (once per process); returns it, or None."""
+  env = os.environ if env is None else env
   cluster = cluster_from_env(env)
   if cluster is None:
     return None
@@ -134,7 +135,7 @@ def initialize(env=None) -> Cluster | None:
                                   local_device_ids=cluster.local_device_ids).items() if v is not None}
   log.info("joining a %s cluster: %s", cluster.source, kwargs or "detected by JAX")
   # How long to wait for the other processes (JAX's default is 300 s).
-  timeout = int((os.environ if env is None else env).get("STARBUCKS_INIT_TIMEOUT", 300))
+  timeout = int(env.get("STARBUCKS_INIT_TIMEOUT", 300))
   if cluster.coordinator_address and cluster.process_id:
     wait_for_coordinator(cluster, timeout)
   try:

@@ -143,9 +143,11 @@ def main(argv=None) -> dict:
 
 
 def use_cpu_devices(count: int) -> None:
-  """Makes JAX (not yet started) see `count` CPU devices."""
-  if "jax" in sys.modules and sys.modules["jax"].config.jax_platforms not in (None, "", "cpu"):
-    raise StarbucksError("--cpu_devices must be given before JAX has started")
+  """Makes JAX see `count` CPU devices; XLA reads the flag when its backends start, so they must not have."""
+  if "jax" in sys.modules:
+    from jax._src import xla_bridge
+    if xla_bridge.backends_are_initialized():
+      raise StarbucksError("--cpu_devices cannot take effect: JAX's devices were already set up in this process")
   os.environ["JAX_PLATFORMS"] = "cpu"
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
@@ -275,7 +277,8 @@ def train(config, workdir: Path) -> dict:
     if done == fault_kill_step:
       run_checkpoints.wait()
       os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(fault_step_sleep)
+    if fault_step_sleep:
+      time.sleep(fault_step_sleep)
     if preempted:
       break
   progress.close()

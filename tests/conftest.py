@@ -76,3 +76,39 @@ def set_values(config, changes: dict):
       target = target[p]
     target[leaf] = value
   return config
+
+
+@pytest.fixture(scope="module")
+def datasets_cache(tmp_path_factory):
+  """Keeps the Arrow caches of a module's files out of the user's ~/.cache (request it per module)."""
+  import datasets
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets_cache")))
+    yield
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+  import transformers
+  return transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+
+
+def tiny_run(config, model_dir, changes: dict):
+  """The settings every short end-to-end run of the tiny model shares (8 examples, 6 steps, checkpoints
+  at 3 and 6, one device), then `changes`."""
+  config.model.name = str(model_dir)
+  config.data.max_examples = 64
+  config.batch_size = 8
+  config.num_steps = 6
+  config.optimizer.lr = 1e-3
+  config.optimizer.warmup_steps = 1
+  config.checkpoint.every_steps = 3
+  config.log_every_steps = 1
+  config.progress_bar = False
+  config.mesh.data = 1
+  return set_values(config, changes)
+
+
+def run_train(config, workdir):
+  from starbucks_jax.train import train
+  return train(config, Path(workdir))

@@ -6,7 +6,6 @@ folders are small synthetic files written to tmp_path.
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,7 @@ SCIFACT = Path("/work/shared/data/retrieval/scifact-train.jsonl")  # optional: n
 KEYS = {"query_input_ids", "query_attention_mask", "passage_input_ids", "passage_attention_mask"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-  """Keeps the Arrow caches of this module's files out of the user's ~/.cache."""
-  import datasets
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets_cache")))
-    yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-  import transformers
-  return transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # conftest.py: Arrow caches under tmp
 
 
 def read_jsonl(path) -> list[dict]:

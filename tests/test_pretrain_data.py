@@ -23,19 +23,7 @@ STSB = DATA / "quickstart" / "stsb_train.jsonl"
 SNLI_TXT = DATA / "quickstart" / "snli_sentences.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-  """Keeps the Arrow caches of this module's files out of the user's ~/.cache."""
-  import datasets
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets_cache")))
-    yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-  import transformers
-  return transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # conftest.py: Arrow caches under tmp
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -10,7 +10,7 @@ import pytest
 
 from starbucks_jax.errors import StarbucksError
 
-from conftest import set_values
+from conftest import run_train, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "data" / "quickstart" / "pretrain_text.jsonl"
@@ -20,25 +20,10 @@ PAIRS = ((1, 8), (2, 16), (4, 32))
 def smae_config(model_dir, **changes):
   from starbucks_jax.train_config import smae_base_config
   c = smae_base_config()
-  c.model.name = str(model_dir)
   c.data.source = str(TEXT)
-  c.data.max_examples = 64
   c.data.max_length = 32
   c.smae.pairs = PAIRS
-  c.batch_size = 8
-  c.num_steps = 6
-  c.optimizer.lr = 1e-3
-  c.optimizer.warmup_steps = 1
-  c.checkpoint.every_steps = 3
-  c.log_every_steps = 1
-  c.progress_bar = False
-  c.mesh.data = 1
-  return set_values(c, changes)
-
-
-def run_train(config, workdir):
-  from starbucks_jax.train import train
-  return train(config, Path(workdir))
+  return tiny_run(c, model_dir, changes)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from starbucks_jax.errors import StarbucksError
 
-from conftest import set_values
+from conftest import run_train, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 TRIPLETS = REPO / "data" / "quickstart" / "snli_triplets.jsonl"
@@ -18,26 +18,11 @@ STSB_TRAIN = REPO / "data" / "quickstart" / "stsb_train.jsonl"
 def tiny_config(model_dir, **changes):
   from starbucks_jax.train_config import base_config
   c = base_config()
-  c.model.name = str(model_dir)
   c.data.source = str(TRIPLETS)
-  c.data.max_examples = 64
   c.data.query_max_length = 32
   c.data.passage_max_length = 32
   c.starbucks.pairs = ((1, 8), (2, 16), (4, 32))
-  c.batch_size = 8
-  c.num_steps = 6
-  c.optimizer.lr = 1e-3
-  c.optimizer.warmup_steps = 1
-  c.checkpoint.every_steps = 3
-  c.log_every_steps = 1
-  c.progress_bar = False
-  c.mesh.data = 1
-  return set_values(c, changes)
-
-
-def run_train(config, workdir):
-  from starbucks_jax.train import train
-  return train(config, Path(workdir))
+  return tiny_run(c, model_dir, changes)
 
 
 def test_training_writes_metrics_checkpoints_and_export(tiny_dir, tmp_path):
