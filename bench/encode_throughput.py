@@ -10,17 +10,17 @@ compiled batch shape.
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from starbucks_jax import encoder as encoder_lib
-from starbucks_jax.pretrained import default_model_dir
-from starbucks_jax.encoder import Encoder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CPU_PEAK_GFLOPS = 390.0  # this project's measured large-matmul fp32 rate on its 2-core CI machine
+import harness  # noqa: E402
+from starbucks_jax import encoder as encoder_lib  # noqa: E402
+from starbucks_jax.pretrained import default_model_dir  # noqa: E402
+from starbucks_jax.encoder import Encoder  # noqa: E402
 
 
 def load_texts(n):
@@ -30,16 +30,6 @@ def load_texts(n):
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
   return texts[:n]
-
-
-def timed(fn, repeats):
-  fn()  # warm-up: compiles / caches
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def xla_flops(enc, texts, batch_size, max_length):
@@ -71,23 +61,26 @@ def main():
   folder = default_model_dir()
 
   enc = Encoder.from_pretrained(folder, max_length=args.max_length)
-  ours = timed(lambda: enc.encode(texts, batch_size=args.batch_size, pooling="mean", show_progress=False),
-               args.repeats)
+  ours = harness.time_steps(lambda: enc.encode(texts, batch_size=args.batch_size, pooling="mean",
+                                               show_progress=False), args.repeats).median
   flops, tokens = xla_flops(enc, texts, args.batch_size, args.max_length)
 
   import torch
   from sentence_transformers import SentenceTransformer
   st = SentenceTransformer(folder, device="cpu")
   st.max_seq_length = args.max_length
-  theirs = timed(lambda: st.encode(texts, batch_size=args.batch_size, normalize_embeddings=False), args.repeats)
+  theirs = harness.time_steps(lambda: st.encode(texts, batch_size=args.batch_size, normalize_embeddings=False),
+                              args.repeats).median
+  peak, _ = harness.peak_gflops(None, "float32")
 
+  print(harness.machine())
   print(f"{len(texts)} texts, {tokens} real tokens, batch {args.batch_size}, max length {args.max_length}, "
         f"float32, CPU threads: torch {torch.get_num_threads()}")
   print(f"{'':>24} {'texts/s':>9} {'tokens/s':>10} {'seconds':>8}")
   print(f"{'starbucks_jax Encoder':>24} {len(texts) / ours:>9.0f} {tokens / ours:>10.0f} {ours:>8.2f}")
   print(f"{'sentence-transformers':>24} {len(texts) / theirs:>9.0f} {tokens / theirs:>10.0f} {theirs:>8.2f}")
   print(f"starbucks_jax: {flops / ours / 1e9:.0f} GFLOP/s achieved (XLA count, padding included), "
-        f"{100 * flops / ours / 1e9 / CPU_PEAK_GFLOPS:.0f}% of the {CPU_PEAK_GFLOPS:.0f} GFLOP/s matmul rate; "
+        f"{100 * flops / ours / 1e9 / peak:.0f}% of the {peak:.0f} GFLOP/s measured matmul rate; "
         f"speed-up over sentence-transformers {theirs / ours:.2f}x")
 
 

@@ -25,9 +25,11 @@ def test_quickstart_losses_fall_and_it_exports(tmp_path):
   last = lambda key: np.mean([r[key] for r in rows[-8:]])
   # Every pair below the full model starts far from trained and must improve clearly. The full pair
   # (6, 384) is what all-MiniLM-L6-v2 was trained for: its loss starts near its floor, so it is only
-  # required not to get worse by more than batch-to-batch noise.
+  # required not to get worse by more than batch-to-batch noise. The mean of the first 8 steps is itself
+  # noisy: two dropout-mask streams gave (1, 16) 3.74 -> 3.16 and 3.59 -> 3.14 (ratios 0.84 and 0.87,
+  # the other pairs 0.59-0.73); a pair that did not learn stays near 1.
   for n, d in pairs[:-1]:
-    assert last(f"loss/n{n}_d{d}") < 0.85 * first(f"loss/n{n}_d{d}"), (n, d)
+    assert last(f"loss/n{n}_d{d}") < 0.9 * first(f"loss/n{n}_d{d}"), (n, d)
     assert last(f"kl/n{n}_d{d}") < first(f"kl/n{n}_d{d}"), (n, d)
   assert last("loss/n6_d384") < first("loss/n6_d384") + 0.3
   assert last("loss") < 0.8 * first("loss")
