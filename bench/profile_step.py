@@ -109,7 +109,9 @@ def main():
     batch = srl_step.make_batch(args.queries, args.group, args.length)
     step, step_args = srl_step.jax_step(model, pairs, batch, args.group, args.dtype, dropout=args.dropout)
   else:
-    step, step_args = smae_step.jax_step(args.shape, args.batch, args.length, args.dtype, dropout=args.dropout)
+    folder, model, pairs = smae_step.load(args.shape)
+    batch = smae_step.make_batch(folder, args.batch, args.length)
+    step, step_args = smae_step.jax_step(model, pairs, batch, args.dtype, dropout=args.dropout)
   timing, compiled = srl_step.harness.time_jax(step, *step_args, repeats=3)
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="starbucks_profile_")
   ops = profile(compiled, args.steps, trace_dir)
