@@ -139,6 +139,41 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", 
 _PEAK_LINE = "PEAK_BYTES "
 
 
+def add_step_flags(parser, default_variants: str, default_repeats: int) -> None:
+  """The flags every training-step benchmark takes, beside its shape."""
+  parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
+  parser.add_argument("--variants", default=default_variants, help="comma-separated")
+  parser.add_argument("--repeats", type=int, default=default_repeats)
+  parser.add_argument("--peak-gflops", type=float, default=0.0, help="default: measured here (CPU) or the H200 sheet")
+  parser.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
+  add_memory_flags(parser)
+
+
+def parse_variants(parser, args, known: tuple) -> list:
+  """args.variants as a list; a parser error for an unknown one, or for a PyTorch peer on an accelerator."""
+  variants = args.variants.split(",")
+  unknown = [v for v in variants if v not in known]
+  if unknown:
+    parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(known)}")
+  if jax.devices()[0].platform != "cpu" and any(v.startswith("torch") for v in variants):
+    ours = ",".join(v for v in known if not v.startswith("torch"))
+    parser.error(f"the PyTorch peers run on the CPU only here; use --variants {ours} on an accelerator")
+  return variants
+
+
+def measure_variants(variants, args, build: Callable, make_row: Callable) -> list:
+  """For each variant: `build(variant) -> (run, compile_s, xla_flops)`, timed, its peak memory, a Row."""
+  rows = []
+  for variant in variants:
+    run, compile_s, xla = build(variant)
+    timing = time_steps(run, args.repeats, compile_s)
+    peak_bytes = None if args.no_memory else step_peak_memory(variant, run)
+    del run
+    rows.append(make_row(variant, timing, peak_bytes, xla))
+    print(f"  {variant}: median {rows[-1].step_s:.3f} s", flush=True)
+  return rows
+
+
 def add_memory_flags(parser) -> None:
   parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
   parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # set for the child process

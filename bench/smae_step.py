@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
 
 import harness  # noqa: E402
 from starbucks_jax import flops, optim, train_step  # noqa: E402
@@ -82,19 +81,9 @@ def main():
   p.add_argument("--shape", default="bert-base", choices=sorted(SHAPES))
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--length", type=int, default=128)
-  p.add_argument("--dtype", default="float32", choices=sorted(train_step.DTYPES))
-  p.add_argument("--variants", default="jax,torch")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--peak-gflops", type=float, default=0.0, help="default: measured here (CPU) or the H200 sheet")
-  p.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
-  harness.add_memory_flags(p)
+  harness.add_step_flags(p, default_variants="jax,torch", default_repeats=3)
   args = p.parse_args()
-  variants = args.variants.split(",")
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-  if jax.devices()[0].platform != "cpu" and "torch" in variants:
-    p.error("the PyTorch peer runs on the CPU only here; use --variants jax,jax-nogather on an accelerator")
+  variants = harness.parse_variants(p, args, VARIANTS)
 
   folder, model, pairs = load(args.shape)
   batch = make_batch(folder, args.batch, args.length)
@@ -107,15 +96,11 @@ def main():
                                       encoder_predicted=masked[0], decoder_predicted=masked[1])
   shape = f"{args.shape} {args.batch} x {args.length} tok"
   print(harness.machine())
-  rows = []
-  for variant in variants:
-    run, compile_s, xla = build(variant, args, folder, model, pairs, batch)
-    timing = harness.time_steps(run, args.repeats, compile_s)
-    peak_bytes = None if args.no_memory else harness.step_peak_memory(variant, run)
-    del run
-    rows.append(harness.Row("smae_step", variant, shape, args.dtype, timing, args.batch, args.batch * args.length,
-                            model_flops, peak, peak_bytes, xla, harness.command_line()))
-    print(f"  {variant}: median {rows[-1].step_s:.3f} s", flush=True)
+  rows = harness.measure_variants(
+      variants, args, lambda v: build(v, args, folder, model, pairs, batch),
+      lambda v, timing, peak_bytes, xla: harness.Row("smae_step", v, shape, args.dtype, timing, args.batch,
+                                                     args.batch * args.length, model_flops, peak, peak_bytes,
+                                                     xla, harness.command_line()))
   print(f"\nSMAE step, {shape}, {args.dtype}, pairs {pairs}, dropout 0.1, {masked[0]} encoder / {masked[1]} "
         f"decoder masked tokens, median of {args.repeats}")
   harness.print_table(rows, f"{peak:.0f} GFLOP/s ({peak_note})")

@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
@@ -112,20 +111,10 @@ def main():
   p.add_argument("--group", type=int, default=2, help="passages per query (1 positive + group-1 hard negatives)")
   p.add_argument("--length", type=int, default=32, help="passage tokens (and query tokens unless --query-length)")
   p.add_argument("--query-length", type=int, default=0)
-  p.add_argument("--dtype", default="float32", choices=sorted(train_step.DTYPES))
   p.add_argument("--remat", action="store_true")
-  p.add_argument("--variants", default="jax,torch")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--peak-gflops", type=float, default=0.0, help="default: measured here (CPU) or the H200 sheet")
-  p.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
-  harness.add_memory_flags(p)
+  harness.add_step_flags(p, default_variants="jax,torch", default_repeats=5)
   args = p.parse_args()
-  variants = args.variants.split(",")
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-  if jax.devices()[0].platform != "cpu" and any(v.startswith("torch") for v in variants):
-    p.error("the PyTorch peers run on the CPU only here; use --variants jax,jax-2dmse on an accelerator")
+  variants = harness.parse_variants(p, args, VARIANTS)
 
   folder, model, pairs = load(args.shape)
   batch = make_batch(args.queries, args.group, args.length, args.query_length)
@@ -137,14 +126,9 @@ def main():
   model_flops = flops.srl_step_flops(model.config, pairs=pairs, queries=args.queries, group_size=args.group,
                                      query_length=args.query_length or args.length, passage_length=args.length)
   print(harness.machine())
-  rows = []
-  for variant in variants:
-    run, compile_s, xla = build(variant, args, folder, model, pairs, batch)
-    timing = harness.time_steps(run, args.repeats, compile_s)
-    peak_bytes = None if args.no_memory else harness.step_peak_memory(variant, run)
-    del run
-    rows.append(make_row(variant, args, timing, model_flops, peak, peak_bytes, xla))
-    print(f"  {variant}: median {rows[-1].step_s:.3f} s", flush=True)
+  rows = harness.measure_variants(
+      variants, args, lambda v: build(v, args, folder, model, pairs, batch),
+      lambda v, timing, peak_bytes, xla: make_row(v, args, timing, model_flops, peak, peak_bytes, xla))
   print(f"\nSRL step, {rows[0].shape}, {args.dtype}, pairs {pairs}, score KL, dropout 0.1, median of {args.repeats}")
   harness.print_table(rows, f"{peak:.0f} GFLOP/s ({peak_note})")
   by_name = {r.variant: r.step_s for r in rows}
