@@ -58,7 +58,8 @@ def dropout(x: jnp.ndarray, rate: float, key: jax.Array) -> jnp.ndarray:
   cut = threshold(rate)
   keep = hash_bits(key, x.shape) >= jnp.uint32(cut)
   scale = 2 ** 32 / (2 ** 32 - cut)
-  return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+  # Scaled in float32: a bfloat16 scale (1.109 for 1/0.9) would bias every kept value by 0.2%.
+  return jnp.where(keep, (x.astype(jnp.float32) * scale).astype(x.dtype), jnp.zeros((), x.dtype))
 
 
 class Dropout(nn.Module):
