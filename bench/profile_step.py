@@ -48,8 +48,6 @@ def kind(op: str, source: str) -> str:
     return "random bits (dropout)"
   if "dot_general" in source or op.startswith(("ynn_fusion", "dot", "onednn", "custom-call")):
     return "matmul"
-  if any(k in source for k in ("reduce_sum", "reduce_max", "argmax", "logsumexp", "softmax")):
-    return "reductions / softmax"
   return "elementwise, copies, other"
 
 

@@ -57,7 +57,6 @@ def build(variant: str, args):
     return lambda: float(jax.block_until_ready(compiled(q, p))[0]), None
   import torch
   import torch_peers
-  torch_peers.set_threads()
   dims = [d for _, d in BERT_BASE_PAIRS]
   q, p = torch.tensor(q, requires_grad=True), torch.tensor(p, requires_grad=True)
 

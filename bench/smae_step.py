@@ -31,15 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 import harness  # noqa: E402
-from starbucks_jax import flops, optim, train_step  # noqa: E402
+from starbucks_jax import evaluate, flops, optim, train_step  # noqa: E402
 from starbucks_jax.encoder import load_tokenizer  # noqa: E402
 from starbucks_jax.pretrain_data import TextData, TextDataConfig  # noqa: E402
 from starbucks_jax.pretrained import default_model_dir, load_pretrained  # noqa: E402
 from starbucks_jax.smae_loss import SmaeSpec, init_decoder_params  # noqa: E402
-from starbucks_jax.train_config import BERT_BASE_PAIRS, smae_base_config  # noqa: E402
+from starbucks_jax.train_config import smae_base_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MINILM_PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 SHAPES = {"bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072),
           "minilm": dict(hidden=384, layers=6, heads=12, intermediate=1536)}
 VARIANTS = ("jax", "jax-nogather", "torch")
@@ -50,7 +49,8 @@ def load(shape: str):
   """(Hugging Face folder with random weights and an MLM head, our model loaded from it, the pairs)."""
   import torch_peers
   folder = torch_peers.random_bert_folder(**SHAPES[shape], tokenizer_dir=default_model_dir())
-  return folder, load_pretrained(folder), (BERT_BASE_PAIRS if shape == "bert-base" else MINILM_PAIRS)
+  model = load_pretrained(folder)
+  return folder, model, tuple(evaluate.default_pairs(model.config))
 
 
 def make_batch(folder: str, batch: int, length: int) -> dict:
@@ -119,7 +119,6 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
     return step.run, step.compile_s, harness.xla_flops(step)
   import torch
   import torch_peers
-  torch_peers.set_threads()
   torch.manual_seed(0)
   smae = torch_peers.OfficialSmae(folder, pairs).train()
   tensors = {k: torch.as_tensor(batch[k]).long() for k in ("input_ids", "attention_mask", "labels",

@@ -28,22 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from starbucks_jax import flops, optim, pretrained, train_step  # noqa: E402
+from starbucks_jax import evaluate, flops, optim, pretrained, train_step  # noqa: E402
 from starbucks_jax.srl_loss import SrlLossSpec  # noqa: E402
-from starbucks_jax.train_config import BERT_BASE_PAIRS, base_config  # noqa: E402
+from starbucks_jax.train_config import base_config  # noqa: E402
 
-MINILM_PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 VARIANTS = ("jax", "torch", "jax-2dmse", "torch-2dmse")
 
 
 def load(shape: str):
   """(Hugging Face folder, our model loaded from it, the six pairs) for --shape."""
   if shape == "minilm":
-    folder, pairs = pretrained.default_model_dir(), MINILM_PAIRS
+    folder = pretrained.default_model_dir()
   else:
     import torch_peers
-    folder, pairs = torch_peers.random_bert_folder(tokenizer_dir=pretrained.default_model_dir()), BERT_BASE_PAIRS
-  return folder, pretrained.load_pretrained(folder), pairs
+    folder = torch_peers.random_bert_folder(tokenizer_dir=pretrained.default_model_dir())
+  model = pretrained.load_pretrained(folder)
+  return folder, model, tuple(evaluate.default_pairs(model.config))
 
 
 def make_batch(queries: int, group: int, length: int, query_length: int = 0) -> dict:
@@ -80,7 +80,6 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
     return step.run, step.compile_s, harness.xla_flops(step)
   import torch
   import torch_peers
-  torch_peers.set_threads()
   torch.manual_seed(0)
   st_model = torch_peers.sentence_transformer(folder, pooling="mean")
   st_model.train()

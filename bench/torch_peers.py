@@ -29,16 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PINNED = {"torch": "2.13.0", "transformers": "5.24.0", "sentence-transformers": "6.2.0"}
-
-
-def versions() -> str:
-  import sentence_transformers
-  import transformers
-  return f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers " \
-         f"{sentence_transformers.__version__}"
-
-
 def random_bert_folder(hidden: int = 768, layers: int = 12, heads: int = 12, intermediate: int = 3072,
                        tokenizer_dir: str | None = None, seed: int = 0, folder: str | None = None) -> str:
   """A Hugging Face folder with a randomly initialised BertForMaskedLM (BERT-base by default) and a tokenizer.
@@ -200,10 +190,3 @@ def train_step(loss_fn, optimizer) -> float:
 
 def adamw(parameters, lr: float = 1e-5):
   return torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=lr, weight_decay=0.01)
-
-
-def set_threads() -> int:
-  """torch uses every core (its default); returns the count, for the report."""
-  threads = int(os.environ.get("TORCH_NUM_THREADS", 0)) or torch.get_num_threads()
-  torch.set_num_threads(threads)
-  return threads
