@@ -52,9 +52,12 @@ def machine() -> str:
 
 
 def measured_matmul_gflops(size: int = 4096, dtype=jnp.float32, repeats: int = 5) -> float:
-  """GFLOP/s of a jitted [size x size] @ [size x size] matmul on the default device (median of repeats)."""
+  """GFLOP/s of a jitted [size x size] @ [size x size] matmul on the default device (median of repeats).
+
+  Accumulated in float32, as our dense layers do (`starbucks_jax.matmul`): on XLA:CPU a bfloat16 dot with
+  a bfloat16 result runs at about the float32 rate, one with a float32 result at twice it."""
   a = jnp.ones((size, size), dtype)
-  matmul = jax.jit(lambda x, y: x @ y)
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
   jax.block_until_ready(matmul(a, a))
   times = []
   for _ in range(repeats):

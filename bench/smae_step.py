@@ -124,7 +124,7 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
   tensors = {k: torch.as_tensor(batch[k]).long() for k in ("input_ids", "attention_mask", "labels",
                                                           "decoder_input_ids", "decoder_labels")}
   optimizer = torch_peers.adamw(smae.parameters())
-  return (lambda: torch_peers.train_step(lambda: smae(**tensors), optimizer)), None, None
+  return (lambda: torch_peers.train_step(lambda: smae(**tensors), optimizer, args.dtype)), None, None
 
 
 if __name__ == "__main__":

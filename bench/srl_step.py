@@ -92,7 +92,7 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
   for k in range(args.group):  # ST's columns: positive, then each hard negative
     columns.append(torch_peers.features_from_ids(passages[:, k], np.ones_like(passages[:, k])))
   optimizer = torch_peers.adamw(st_model.parameters())
-  return (lambda: torch_peers.train_step(lambda: loss(columns, None), optimizer)), None, None
+  return (lambda: torch_peers.train_step(lambda: loss(columns, None), optimizer, args.dtype)), None, None
 
 
 def make_row(variant, args, timing, model_flops, peak, peak_bytes, xla) -> harness.Row:

@@ -179,10 +179,12 @@ def einsum_retrieval_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, dims, kl_w
   return total
 
 
-def train_step(loss_fn, optimizer) -> float:
-  """One optimizer step of `loss_fn()`; returns the loss."""
+def train_step(loss_fn, optimizer, dtype: str = "float32") -> float:
+  """One optimizer step of `loss_fn()`; returns the loss. bfloat16: the forward under CPU autocast, so the
+  matmuls take bfloat16 operands (oneDNN's AVX512-BF16 path) while the weights and Adam stay float32."""
   optimizer.zero_grad(set_to_none=True)
-  loss = loss_fn()
+  with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+    loss = loss_fn()
   loss.backward()
   optimizer.step()
   return float(loss.detach())

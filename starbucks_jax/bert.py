@@ -6,7 +6,8 @@ every layer's CLS and masked-mean pooled vectors. With `num_layers=n` it stops a
 layers above are never traced, so they cost nothing and need not even be in `params`.
 
 Parameters stay float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax, LayerNorm
-statistics and pooling run in float32 either way.
+statistics and pooling run in float32 either way. The dense layers are `matmul.Dense`: flax's Dense,
+with bfloat16 products that return float32 on the CPU and a faster bias gradient there (`matmul.py`).
 
 The parameter tree (see `hf_convert.py` for the mapping to Hugging Face names):
   embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, embeddings/layer_norm
@@ -23,16 +24,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from starbucks_jax import pooling
+from starbucks_jax import matmul, pooling
 from starbucks_jax.dropout import Dropout
 from starbucks_jax.bert_config import BertConfig
 
 Dtype = Any
 
 
-def _dense(config: BertConfig, features: int, dtype: Dtype, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                  kernel_init=nn.initializers.normal(config.initializer_range))
+def _dense(config: BertConfig, features: int, dtype: Dtype, name: str) -> matmul.Dense:
+  return matmul.Dense(features, dtype=dtype, name=name, kernel_init=nn.initializers.normal(config.initializer_range))
 
 
 def _layer_norm(config: BertConfig, dtype: Dtype, name: str) -> nn.LayerNorm:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from starbucks_jax import matmul
 from starbucks_jax.bert_config import BertConfig
 
 
@@ -18,7 +19,8 @@ def head_transform(head_params: dict, hidden: jnp.ndarray, *, layer_norm_eps: fl
                    dtype=jnp.float32) -> jnp.ndarray:
   """[..., d] hidden states -> [..., hidden_size] float32: dense on the first d input rows, GELU, LayerNorm."""
   kernel = head_params["transform"]["kernel"][: hidden.shape[-1]]
-  h = jnp.dot(hidden.astype(dtype), kernel.astype(dtype)) + head_params["transform"]["bias"].astype(dtype)
+  h = matmul.matmul(hidden, kernel, dtype)
+  h = h + head_params["transform"]["bias"].astype(h.dtype)
   h = jax.nn.gelu(h.astype(jnp.float32), approximate=False)
   mean = jnp.mean(h, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
@@ -36,8 +38,8 @@ def mlm_logits(head_params: dict, word_embeddings: jnp.ndarray, hidden: jnp.ndar
 def vocab_logits(head_params: dict, word_embeddings: jnp.ndarray, transformed: jnp.ndarray,
                  dtype=jnp.float32) -> jnp.ndarray:
   """The tied decoder: [..., hidden_size] transformed states -> [..., vocab] float32 logits, plus the bias."""
-  logits = jnp.dot(transformed.astype(dtype), word_embeddings.astype(dtype).T, preferred_element_type=jnp.float32)
-  return logits + head_params["bias"]
+  logits = matmul.matmul(transformed, word_embeddings.T, dtype, out_dtype=jnp.float32)
+  return matmul.add_bias(logits, head_params["bias"])
 
 
 def init_mlm_head_params(config: BertConfig, rng: jax.Array) -> dict:
