@@ -7,7 +7,7 @@ layers above are never traced, so they cost nothing and need not even be in `par
 
 Parameters stay float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax, LayerNorm
 statistics and pooling run in float32 either way. The dense layers are `matmul.Dense`: flax's Dense,
-with bfloat16 products that return float32 on the CPU and a faster bias gradient there (`matmul.py`).
+whose bfloat16 products return float32 on the CPU (`matmul.py` says why).
 
 The parameter tree (see `hf_convert.py` for the mapping to Hugging Face names):
   embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, embeddings/layer_norm

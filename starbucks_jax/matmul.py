@@ -1,4 +1,4 @@
-"""Dense layers shaped for XLA:CPU: bfloat16 products that accumulate in float32, and bias gradients as products.
+"""Matrix products shaped for XLA:CPU: bfloat16 ones that accumulate in float32, and the vocabulary bias gradient.
 
 Two things the profile of our training steps showed on the CPU (`bench/profile_step.py`):
 - A bias gradient is a column sum of the output gradient ([tokens, features] -> [features]). For an
