@@ -1,7 +1,7 @@
 """Run in a subprocess by test_sharding.py: one SRL or SMAE loss-and-gradient computation on a 1-device
 mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences. With a fourth argument
 "fsdp" the 8 devices form a data=2 x fsdp=4 mesh and parameters, optimizer state and gradients are
-sharded by the FSDP rules."""
+sharded by the FSDP rules. A fifth argument sets the compute dtype (default float32)."""
 
 import os
 
@@ -21,20 +21,21 @@ from starbucks_jax.smae_loss import SmaeSpec, init_decoder_params
 from starbucks_jax.srl_loss import SrlLossSpec
 
 
-def main(dropout: float, accum: int, mode: str, fsdp: int = 1):
+def main(dropout: float, accum: int, mode: str, fsdp: int = 1, dtype: str = "float32"):
   config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                       intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=dropout,
                       attention_probs_dropout_prob=dropout)
   params = bert.init_params(config, jax.random.key(0))
   if mode == "smae":
-    return main_smae(config, params, accum, fsdp)
+    return main_smae(config, params, accum, fsdp, dtype)
   if mode == "2dmse":
     spec = SrlLossSpec(mode="2dmse", num_model_layers=4, hidden_size=32, pairs=((1, 8), (2, 16), (4, 32)),
                        layers=(0, 1, 2, 3), dims=(8, 16, 32), group_size=2)
   else:
     spec = SrlLossSpec(mode="starbucks", num_model_layers=4, hidden_size=32, pairs=((1, 8), (2, 16), (4, 32)),
                        group_size=2, kl="scores")
-  settings = train_step.StepSettings(model_config=config, spec=spec, pooling="mean", grad_accum_steps=accum)
+  settings = train_step.StepSettings(model_config=config, spec=spec, pooling="mean", grad_accum_steps=accum,
+                                     dtype=dtype)
   rng = np.random.default_rng(0)
   queries, group, length = 16, 2, 12
 
@@ -49,12 +50,12 @@ def main(dropout: float, accum: int, mode: str, fsdp: int = 1):
   compare(params, batch, settings, fsdp)
 
 
-def main_smae(config, params, accum, fsdp):
+def main_smae(config, params, accum, fsdp, dtype):
   params["mlm_head"] = init_mlm_head_params(config, jax.random.key(1))
   params["mae_decoder"] = init_decoder_params(params["encoder"])
   spec = SmaeSpec(pairs=((1, 8), (2, 16), (4, 32)), num_model_layers=4, hidden_size=32, mode="smae",
                   encoder_mask_rate=0.3, decoder_mask_rate=0.5)
-  settings = train_step.SmaeStepSettings(model_config=config, spec=spec, grad_accum_steps=accum)
+  settings = train_step.SmaeStepSettings(model_config=config, spec=spec, grad_accum_steps=accum, dtype=dtype)
   rng = np.random.default_rng(0)
   rows, length = 16, 12
   ids = rng.integers(5, 120, (rows, length)).astype(np.int32)
@@ -110,4 +111,5 @@ def compare(params, batch, settings, fsdp):
 
 
 if __name__ == "__main__":
-  main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], 4 if sys.argv[4:] == ["fsdp"] else 1)
+  main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], 4 if sys.argv[4:5] == ["fsdp"] else 1,
+       *sys.argv[5:6])
