@@ -58,13 +58,8 @@ def measured_matmul_gflops(size: int = 4096, dtype=jnp.float32, repeats: int = 5
   a bfloat16 result runs at about the float32 rate, one with a float32 result at twice it."""
   a = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-  jax.block_until_ready(matmul(a, a))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, a))
-    times.append(time.perf_counter() - start)
-  return 2 * size ** 3 / statistics.median(times) / 1e9
+  timing = time_steps(lambda: jax.block_until_ready(matmul(a, a)), repeats)
+  return 2 * size ** 3 / timing.median / 1e9
 
 
 def peak_gflops(args_peak: Optional[float], dtype: str) -> tuple[float, str]:

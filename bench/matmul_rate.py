@@ -10,9 +10,7 @@ On a CPU with AVX512-BF16 the bfloat16 rows that reach the BF16 instructions run
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,16 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-
-def seconds(run, repeats: int) -> float:
-  run()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def jax_variants(size: int):
@@ -54,13 +42,13 @@ def main():
   p.add_argument("--no-torch", action="store_true")
   args = p.parse_args()
   print(harness.machine())
-  print(f"{'matmul':28s}" + "".join(f"{f'{s}^3 GFLOP/s':>18s}" for s in map(int, args.sizes.split(","))))
   sizes = [int(s) for s in args.sizes.split(",")]
+  print(f"{'matmul':28s}" + "".join(f"{f'{s}^3 GFLOP/s':>18s}" for s in sizes))
   rates = {}
   for size in sizes:
     variants = {**jax_variants(size), **({} if args.no_torch else torch_variants(size))}
     for name, run in variants.items():
-      rates.setdefault(name, []).append(2 * size ** 3 / seconds(run, args.repeats) / 1e9)
+      rates.setdefault(name, []).append(2 * size ** 3 / harness.time_steps(run, args.repeats).median / 1e9)
   for name, row in rates.items():
     print(f"{name:28s}" + "".join(f"{r:18.0f}" for r in row))
 
