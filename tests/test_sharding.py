@@ -33,10 +33,11 @@ def test_one_and_eight_devices_agree(dropout, accum, mode, layout):
 # bfloat16 on the CPU runs the dense layers through `matmul.dot`'s own VJP: it must partition under FSDP
 # like any op. bfloat16 rounds the same sums in another order differently, so the two sides differ by
 # bfloat16 amounts, about 1e-2 relative here, as the plain bfloat16 dot does (0.008 / 0.020 measured).
-@pytest.mark.parametrize("mode", ["starbucks", "smae"])
-def test_one_and_eight_devices_agree_in_bfloat16(mode):
-  out = subprocess.run([sys.executable, str(PROBE), "0.1", "2", mode, "fsdp", "bfloat16"], capture_output=True,
-                       text=True, timeout=600)
+# SRL only: SMAE's MLM head goes through the same `dot` (its bfloat16 run passed too, 0.0001 / 0.0013,
+# but took 67 s of the suite), and its bias gradient runs in every float32 SMAE case above.
+def test_one_and_eight_devices_agree_in_bfloat16():
+  out = subprocess.run([sys.executable, str(PROBE), "0.1", "2", "starbucks", "fsdp", "bfloat16"],
+                       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["devices"] == 8 and result["sharded_params"] >= 10 and result["grad_scale"] > 1e-3
