@@ -50,13 +50,13 @@ def test_smaller_sizes_and_one_pass_for_many_layers(minilm_encoder, minilm_dir, 
 
 
 def test_padding_buckets_bound_the_number_of_compiled_shapes(minilm_encoder):
-  assert bucket_lengths(256) == [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-  assert bucket_lengths(100) == [8, 12, 16, 24, 32, 48, 64, 96, 100]
-  assert bucket_lengths(16) == [8, 12, 16] and bucket_lengths(10) == [8, 10] and bucket_lengths(6) == [6]
+  assert bucket_lengths(256) == [12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+  assert bucket_lengths(100) == [12, 16, 24, 32, 48, 64, 96, 100]
+  assert bucket_lengths(16) == [12, 16] and bucket_lengths(12) == [12] and bucket_lengths(10) == [10]
   texts = [" ".join(["word"] * n) for n in (1, 3, 5, 20, 40, 41, 60, 90, 2, 7)]
   encoder_lib._pooled_layers.clear_cache()
   minilm_encoder.encode(texts, batch_size=3, pooling="cls", layer=1)
-  # 10 texts (3 to 92 tokens) in 4 batches of 3 fall into the buckets 96, 48, 8, 8: three shapes.
+  # 10 texts (3 to 92 tokens) in 4 batches of 3 fall into the buckets 96, 48, 12, 12: three shapes.
   assert encoder_lib._pooled_layers._cache_size() == 3
 
 
