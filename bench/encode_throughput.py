@@ -18,9 +18,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from starbucks_jax import encoder as encoder_lib  # noqa: E402
-from starbucks_jax.pretrained import default_model_dir  # noqa: E402
-from starbucks_jax.encoder import Encoder  # noqa: E402
+from starbucks_jax.hf.load import default_model_dir  # noqa: E402
+from starbucks_jax.inference import encoder as encoder_lib  # noqa: E402
+from starbucks_jax.inference.encoder import Encoder  # noqa: E402
 
 
 def load_texts(n):

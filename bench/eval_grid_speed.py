@@ -22,24 +22,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from starbucks_jax import evaluate  # noqa: E402
-from starbucks_jax.encoder import Encoder  # noqa: E402
-from starbucks_jax.eval_data import load_beir, load_sts  # noqa: E402
-from starbucks_jax.pretrained import default_model_dir  # noqa: E402
+from starbucks_jax import pairs as pairs_lib  # noqa: E402
+from starbucks_jax.evaluation.datasets import load_beir, load_sts  # noqa: E402
+from starbucks_jax.evaluation.evaluator import EvalOptions  # noqa: E402
+from starbucks_jax.evaluation.run import evaluate_encoder  # noqa: E402
+from starbucks_jax.hf.load import default_model_dir  # noqa: E402
+from starbucks_jax.inference.encoder import Encoder  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+QUIET = EvalOptions(show_progress=False)
 
 
 def one_pass(encoder, sts_sets, beir_sets, pairs):
-  return evaluate.evaluate_encoder(encoder, sts_sets=sts_sets, beir_sets=beir_sets, pairs=pairs, show_progress=False)
+  return evaluate_encoder(encoder, {"sts": sts_sets, "beir": beir_sets}, pairs=pairs, options=QUIET)
 
 
 def per_layer(encoder, sts_sets, beir_sets, pairs):
   merged = {"sts": {s.name: {} for s in sts_sets}, "beir": {b.name: {} for b in beir_sets}}
   for layer in sorted({n for n, _ in pairs}):
     layer_pairs = [p for p in pairs if p[0] == layer]
-    results = evaluate.evaluate_encoder(encoder, sts_sets=sts_sets, beir_sets=beir_sets, pairs=layer_pairs,
-                                        show_progress=False)
+    results = evaluate_encoder(encoder, {"sts": sts_sets, "beir": beir_sets}, pairs=layer_pairs, options=QUIET)
     for kind in merged:
       for name, scores in results[kind].items():
         merged[kind][name].update(scores)
@@ -67,9 +69,9 @@ def main():
   encoder = Encoder.from_pretrained(args.model or default_model_dir())
   sts_sets = [load_sts(DATA / "stsb" / "test.jsonl", name="stsb-test")]
   beir_sets = [] if not args.beir else [load_beir(DATA / "beir" / "msmarco-dl19-slice", name="dl19-slice")]
-  pairs = evaluate.grid_pairs(encoder.config)
+  pairs = pairs_lib.grid_pairs(encoder.config)
   print(harness.machine())
-  print(f"{len(pairs)} pairs (layers 1..{encoder.config.num_hidden_layers} x dims {evaluate.default_dims(encoder.config)}); "
+  print(f"{len(pairs)} pairs (layers 1..{encoder.config.num_hidden_layers} x dims {pairs_lib.default_dims(encoder.config)}); "
         f"data: {', '.join(s.name for s in sts_sets + beir_sets)}")
   ours, ours_times = timed(lambda: one_pass(encoder, sts_sets, beir_sets, pairs), args.repeats)
   theirs, their_times = timed(lambda: per_layer(encoder, sts_sets, beir_sets, pairs), args.repeats)

@@ -54,7 +54,7 @@ def machine() -> str:
 def measured_matmul_gflops(size: int = 4096, dtype=jnp.float32, repeats: int = 5) -> float:
   """GFLOP/s of a jitted [size x size] @ [size x size] matmul on the default device (median of repeats).
 
-  Accumulated in float32, as our dense layers do (`starbucks_jax.matmul`): on XLA:CPU a bfloat16 dot with
+  Accumulated in float32, as our dense layers do (`starbucks_jax/model/dense.py`): on XLA:CPU a bfloat16 dot with
   a bfloat16 result runs at about the float32 rate, one with a float32 result at twice it."""
   a = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
@@ -255,7 +255,7 @@ def peak_memory(fn: Callable) -> int:
 
 @dataclasses.dataclass
 class Row:
-  """One measured variant. `model_flops`: hand-counted (starbucks_jax.flops); `xla_flops`: XLA's count."""
+  """One measured variant. `model_flops`: hand-counted (starbucks_jax/training/flops.py); `xla_flops`: XLA's count."""
   bench: str
   variant: str
   shape: str

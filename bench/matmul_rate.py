@@ -3,7 +3,7 @@
     python bench/matmul_rate.py [--sizes 2048,4096] [--repeats 5]
 
 Rows: JAX float32; JAX bfloat16 with a bfloat16 result (XLA:CPU's generic path); JAX bfloat16 accumulated
-into a float32 result (what `starbucks_jax.matmul` uses on the CPU); PyTorch float32; PyTorch bfloat16.
+into a float32 result (what `starbucks_jax/model/dense.py` uses on the CPU); PyTorch float32; PyTorch bfloat16.
 On a CPU with AVX512-BF16 the bfloat16 rows that reach the BF16 instructions run at about twice float32.
 """
 

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 import transformers
 
-from starbucks_jax import bert
-from starbucks_jax.pretrained import default_model_dir
-from starbucks_jax.pretrained import load_pretrained
+from starbucks_jax.hf.load import default_model_dir, load_pretrained
+from starbucks_jax.model import bert
 
 
 def sentences(n=32):

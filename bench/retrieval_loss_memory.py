@@ -24,8 +24,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from starbucks_jax.srl_loss import SrlLossSpec, srl_loss  # noqa: E402
-from starbucks_jax.train_config import BERT_BASE_PAIRS  # noqa: E402
+from starbucks_jax.losses.srl import srl_loss  # noqa: E402
+from starbucks_jax.losses.srl_spec import SrlLossSpec  # noqa: E402
+from starbucks_jax.pairs import BERT_BASE_PAIRS  # noqa: E402
 
 VARIANTS = ("jax", "torch-einsum")
 

@@ -14,7 +14,7 @@ Shapes: bert-base (12 layers, hidden 768, the paper's six pairs) or minilm (6 la
 heads, the quickstart's pairs), random weights saved once to a Hugging Face folder that both frameworks
 load. The batch is real text masked as in training (0.2 encoder / 0.4 decoder, whole words): the SciFact
 abstracts of data/quickstart/pretrain_text.jsonl, each longer than 128 tokens, as full windows of
---length tokens. Model FLOPs (`starbucks_jax.flops`) count the heads at the masked tokens only: the
+--length tokens. Model FLOPs (`starbucks_jax/training/flops.py`) count the heads at the masked tokens only: the
 logits elsewhere are work the loss does not need, so the no-gather variants get no credit for them.
 """
 
@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 import harness  # noqa: E402
-from starbucks_jax import evaluate, flops, optim, train_step  # noqa: E402
-from starbucks_jax.encoder import load_tokenizer  # noqa: E402
-from starbucks_jax.pretrain_data import TextData, TextDataConfig  # noqa: E402
-from starbucks_jax.pretrained import default_model_dir, load_pretrained  # noqa: E402
-from starbucks_jax.smae_loss import SmaeSpec, init_decoder_params  # noqa: E402
-from starbucks_jax.train_config import smae_base_config  # noqa: E402
+from starbucks_jax import pairs as pairs_lib  # noqa: E402
+from starbucks_jax.data.smae import TextData, TextDataConfig  # noqa: E402
+from starbucks_jax.hf.load import default_model_dir, load_pretrained, load_tokenizer  # noqa: E402
+from starbucks_jax.losses.smae import SmaeSpec, init_decoder_params  # noqa: E402
+from starbucks_jax.training import flops, optim, step as train_step  # noqa: E402
+from starbucks_jax.training.tasks import smae as smae_task  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072),
@@ -50,7 +50,7 @@ def load(shape: str):
   import torch_peers
   folder = torch_peers.random_bert_folder(**SHAPES[shape], tokenizer_dir=default_model_dir())
   model = load_pretrained(folder)
-  return folder, model, tuple(evaluate.default_pairs(model.config))
+  return folder, model, tuple(pairs_lib.default_pairs(model.config))
 
 
 def make_batch(folder: str, batch: int, length: int) -> dict:
@@ -66,11 +66,11 @@ def make_batch(folder: str, batch: int, length: int) -> dict:
 def jax_step(model, pairs, batch: dict, dtype: str = "float32", gather: bool = True, dropout: float = 0.1):
   """(step function, (state, batch)): our SMAE training step and its arguments."""
   config = model.config.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-  params = dict(model.params, mae_decoder=init_decoder_params(model.params["encoder"]))
+  params = dict(model.params, mae_decoder=init_decoder_params(model.params["encoder"], model.config))
   spec = SmaeSpec(pairs=pairs, num_model_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
                   mode="smae", encoder_mask_rate=ENCODER_RATE, decoder_mask_rate=DECODER_RATE, gather=gather)
-  settings = train_step.SmaeStepSettings(model_config=config, spec=spec, dtype=dtype)
-  tx, _ = optim.make_optimizer(smae_base_config().optimizer, total_steps=1000,
+  settings = smae_task.SmaeStepSettings(model_config=config, spec=spec, dtype=dtype)
+  tx, _ = optim.make_optimizer(smae_task.TASK.defaults["optimizer"], total_steps=1000,
                                trainable=("encoder", "mlm_head", "mae_decoder"))
   state = train_step.init_state(params, tx, seed=0)
   return (lambda s, b: train_step.train_step(s, b, tx, settings)), (state, batch)

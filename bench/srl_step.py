@@ -14,7 +14,7 @@ Variants (--variants, comma-separated):
 The batch: `--queries` queries and `--group` passages each (positive + hard negatives), fixed random
 token ids, every position real, dropout 0.1. Both frameworks load the same weights from one Hugging Face
 folder (MiniLM: the packaged model; BERT-base: random weights saved once). Model FLOPs are counted by
-`starbucks_jax.flops` (matmuls only); the peak is the large-matmul rate measured in the same run.
+`starbucks_jax/training/flops.py` (matmuls only); the peak is the large-matmul rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from starbucks_jax import evaluate, flops, optim, pretrained, train_step  # noqa: E402
-from starbucks_jax.srl_loss import SrlLossSpec  # noqa: E402
-from starbucks_jax.train_config import base_config  # noqa: E402
+from starbucks_jax import pairs as pairs_lib  # noqa: E402
+from starbucks_jax.hf import load as pretrained  # noqa: E402
+from starbucks_jax.losses.srl_spec import SrlLossSpec  # noqa: E402
+from starbucks_jax.training import flops, optim, step as train_step  # noqa: E402
+from starbucks_jax.training.tasks.srl import SrlStepSettings  # noqa: E402
 
 VARIANTS = ("jax", "torch", "jax-2dmse", "torch-2dmse")
 
@@ -43,7 +45,7 @@ def load(shape: str):
     import torch_peers
     folder = torch_peers.random_bert_folder(tokenizer_dir=pretrained.default_model_dir())
   model = pretrained.load_pretrained(folder)
-  return folder, model, tuple(evaluate.default_pairs(model.config))
+  return folder, model, tuple(pairs_lib.default_pairs(model.config))
 
 
 def make_batch(queries: int, group: int, length: int, query_length: int = 0) -> dict:
@@ -65,8 +67,8 @@ def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode
   else:
     spec = SrlLossSpec(mode="2dmse", num_model_layers=layers, hidden_size=hidden, pairs=pairs,
                        layers=tuple(range(layers)), dims=tuple(d for _, d in pairs), group_size=group)
-  settings = train_step.StepSettings(model_config=config, spec=spec, dtype=dtype, remat=remat)
-  tx, _ = optim.make_optimizer(base_config().optimizer, total_steps=1000)
+  settings = SrlStepSettings(model_config=config, spec=spec, dtype=dtype, remat=remat)
+  tx, _ = optim.make_optimizer(optim.OptimizerConfig(), total_steps=1000)
   state = train_step.init_state(model.params, tx, seed=0)
   return (lambda s, b: train_step.train_step(s, b, tx, settings)), (state, batch)
 

@@ -9,7 +9,7 @@ The logged per-pair losses are the six Starbucks pairs, computed for monitoring 
 Expected result: below Starbucks at the small sizes (arXiv 2410.13230, Table 1); not yet run here.
 """
 
-from starbucks_jax.train_config import base_config
+from starbucks_jax.training.defaults import base_config
 
 
 def get_config():

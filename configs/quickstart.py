@@ -14,7 +14,7 @@ Other modes: --config.starbucks.mode=2dmse, or the `separate` baseline:
 
 import os
 
-from starbucks_jax.train_config import base_config
+from starbucks_jax.training.defaults import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

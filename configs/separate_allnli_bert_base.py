@@ -7,7 +7,7 @@ in `srl_allnli_bert_base.py`, but for that one size; the export is an n-layer mo
 Expected result: Starbucks matches these separately trained models (arXiv 2410.13230); not yet run here.
 """
 
-from starbucks_jax.train_config import base_config
+from starbucks_jax.training.defaults import base_config
 
 
 def get_config(arg: str = "12,768"):

@@ -17,7 +17,8 @@ Expected result: the paper's SMAE-initialised Starbucks model (arXiv 2410.13230,
 bert-base-uncased initialisation at the small sizes; not yet run here (no accelerator or hub).
 """
 
-from starbucks_jax.train_config import BERT_BASE_PAIRS, smae_base_config
+from starbucks_jax.pairs import BERT_BASE_PAIRS
+from starbucks_jax.training.defaults import smae_base_config
 
 
 def get_config():

@@ -18,7 +18,7 @@ last four logs), every pair's MLM and MAE loss with it. What it does for SRL at 
 
 import os
 
-from starbucks_jax.train_config import smae_base_config
+from starbucks_jax.training.defaults import smae_base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ Data: `sentence-transformers/all-nli` (triplet) from the hub, so it needs networ
 every pair (arXiv 2410.13230, Table 1); we have not run this config at full size yet.
 """
 
-from starbucks_jax.train_config import base_config
+from starbucks_jax.training.defaults import base_config
 
 
 def get_config():

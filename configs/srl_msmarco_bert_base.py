@@ -11,7 +11,7 @@ Expected result: DL19 nDCG@10 of 0.6346 at (12, 768) for the released model (ret
 not yet run here.
 """
 
-from starbucks_jax.train_config import base_config
+from starbucks_jax.training.defaults import base_config
 
 
 def get_config():

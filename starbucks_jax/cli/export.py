@@ -1,0 +1,78 @@
+"""Export a model to a Hugging Face folder that transformers and sentence-transformers load.
+
+    python -m starbucks_jax.export --model PATH --output OUT [--num-layers n] [--pooling mean|cls]
+    python -m starbucks_jax.export --workdir DIR [--step N] --output OUT [--num-layers n]
+
+--model is a Hugging Face folder, a hub name or a training workdir; --workdir names a workdir only. A
+workdir's checkpoint (the newest, or step N) converts without the training data or the config file:
+the workdir's `model/` folder describes the model, and the run's pooling, max length and normalisation
+come with it. An SMAE pre-training run exports as `BertForMaskedLM`, MLM head included.
+
+With `--num-layers n` the folder is a standalone n-layer model (a small size of a 2D Matryoshka model).
+The output folder must be new or empty, unless --overwrite is given; it may not be the model's own folder
+or workdir, nor hold it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from starbucks_jax.errors import StarbucksError, run_cli
+from starbucks_jax.model.pooling import POOLINGS
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.export", description=__doc__.split("\n")[0])
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--model", help="Hugging Face folder, hub name or training workdir")
+  source.add_argument("--workdir", help="a training workdir: export its newest checkpoint (or --step)")
+  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step to export (default: newest)")
+  p.add_argument("--output", required=True, help="folder to write")
+  p.add_argument("--num-layers", type=int, help="keep only the first n layers (default: all)")
+  p.add_argument("--pooling", choices=POOLINGS, help="sentence-transformers pooling (default: the source "
+                 "folder's, else cls)")
+  p.add_argument("--max-seq-length", type=int, help="sentence-transformers max_seq_length (default: the "
+                 "source folder's, else the position limit)")
+  p.add_argument("--normalize", action="store_true", help="add sentence-transformers' Normalize module")
+  p.add_argument("--with-mlm-head", action="store_true", help="write a BertForMaskedLM folder, MLM head included")
+  p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+  return p.parse_args(argv)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+  if output.exists() and not output.is_dir():
+    raise StarbucksError(f"output {output} exists and is a file, not a folder")
+  if output.exists() and any(output.iterdir()) and not overwrite:
+    raise StarbucksError(f"output {output} exists and is not an empty folder (pass --overwrite to replace it)")
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  output = Path(args.output)
+  _check_output(output, args.overwrite)
+  from starbucks_jax.runtime import workdir
+  if args.workdir:
+    if not Path(args.workdir).is_dir():
+      raise StarbucksError(f"workdir {args.workdir} does not exist")
+    if not workdir.is_workdir(args.workdir):
+      raise StarbucksError(f"{args.workdir} is not a training workdir: "
+                           f"{Path(args.workdir) / workdir.MODEL_DIR / 'config.json'} is missing")
+  source = workdir.resolve(args.workdir or args.model, step=args.step, what="--workdir" if args.workdir else "--model")
+  if source.workdir and (args.pooling or args.max_seq_length or args.normalize or args.with_mlm_head):
+    raise StarbucksError("with a workdir, pooling, max length and normalisation come from the run; "
+                         "--pooling, --max-seq-length, --normalize and --with-mlm-head apply to a model folder only")
+  held = source.workdir or source.model_dir
+  if output.exists() and (output.resolve() == held.resolve() or output.resolve() in held.resolve().parents):
+    raise StarbucksError(f"--output {output} is or holds the model being exported ({held}); choose another folder")
+  from starbucks_jax.training.export import export_model
+  export_model(source, output, num_layers=args.num_layers, overwrite=args.overwrite, pooling=args.pooling,
+               max_seq_length=args.max_seq_length, normalize=args.normalize, with_mlm_head=args.with_mlm_head)
+  config = source.config()
+  print(f"wrote {output} from {source.name}: {args.num_layers or config.num_hidden_layers} of "
+        f"{config.num_hidden_layers} layers, hidden {config.hidden_size}")
+
+
+def run() -> None:
+  """The `starbucks-export` console script."""
+  run_cli(main)

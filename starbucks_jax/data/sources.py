@@ -1,0 +1,248 @@
+"""Training rows from local files, the Hugging Face hub or TFDS, read by random access and validated.
+
+`open_table(source, ...)` gives a `Table`: column names, a length, and `read(indices, columns)`, which
+returns plain Python values (str, float, lists of passage dicts) for just those rows, so that each host
+reads only its own share of a batch. `schemas.resolve_schema` decides which columns hold what (the
+data's kind), and `Table.check` validates every row before any training code compiles.
+
+Row numbers in messages count data rows from 1 in the order of the file: for JSON Lines and text
+(.txt, pre-training only) the line number, for CSV the line number less the header.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from starbucks_jax.data.checks import (OPTIONAL_PASSAGES, PASSAGES, arrow_check, as_passages, plain, python_check,
+                                      value_problem)
+from starbucks_jax.errors import StarbucksError
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Raw text for pre-training also reads .txt files: one row per line, in a column "text". Training pairs
+# cannot come as plain lines, so for them a .txt file stays an unknown extension.
+TEXT_FILE_BUILDERS = {**FILE_BUILDERS, ".txt": "text"}
+TFDS_CHECK_CHUNK = 1024  # TFDS rows decoded per call while validating
+
+
+class Table:
+  """Random access to the rows of one data set; subclasses hold the rows."""
+  name: str
+  columns: tuple[str, ...]
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def parts(self) -> list["Table"]:
+    """The tables read from single files or splits (to name the one at fault)."""
+    return [self]
+
+  def read(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list]:
+    """{column: [plain Python value of each row in `indices`]}."""
+    raise NotImplementedError
+
+  def check(self, checks: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Validates every row; returns {passages column: number of passages per row}.
+
+    Raises:
+      StarbucksError: naming the file, the row (from 1) and the column of the first bad value.
+    """
+    raise NotImplementedError
+
+
+def _problem(name: str, row: int, column: str, problem: str) -> StarbucksError:
+  return StarbucksError(f"{name}: row {row + 1}, column {column!r}: {problem}")
+
+
+class ArrowTable(Table):
+  """A `datasets.Dataset` (memory-mapped Arrow): rows are checked column-wise with Arrow kernels."""
+
+  def __init__(self, dataset, name: str):
+    self.dataset = dataset
+    self.name = name
+    self.columns = tuple(dataset.column_names)
+    self._views = {}
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def read(self, indices, columns):
+    key = tuple(columns)
+    if key not in self._views:  # a view per column set, so reads skip the columns not needed
+      self._views[key] = self.dataset.select_columns(list(columns))
+    rows = self._views[key][[int(i) for i in indices]]
+    return {c: list(rows[c]) for c in columns}
+
+  def check(self, checks):
+    table = self.dataset.data
+    selected = self.dataset._indices is not None  # pylint: disable=protected-access
+    if selected or len(table) != len(self.dataset):  # rows picked by an index: check those, in that order
+      table = self.dataset.flatten_indices().data
+    lengths = {}
+    for column, check in checks.items():
+      found = arrow_check(table.column(column), check)
+      if found is None:  # a type the kernels do not cover (mixed JSON values, say): a Python loop
+        found = python_check(iter(self.dataset[column]), check, len(self.dataset))
+      bad, column_lengths = found
+      if bad is not None:
+        raise _problem(self.name, bad[0], column, bad[1])
+      if column_lengths is not None:
+        lengths[column] = column_lengths
+    return lengths
+
+
+class TfdsTable(Table):
+  """A TFDS random-access data source (ArrayRecord files); bytes are decoded to str."""
+
+  def __init__(self, source, name: str, limit: int | None):
+    self.source = source
+    self.name = name
+    self.columns = tuple(source.dataset_info.features.keys())
+    self._len = len(source) if limit is None else min(limit, len(source))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def _records(self, indices) -> list[dict]:
+    indices = [int(i) for i in indices]
+    if hasattr(self.source, "__getitems__"):
+      return list(self.source.__getitems__(indices))
+    return [self.source[i] for i in indices]
+
+  def read(self, indices, columns):
+    records = self._records(indices)
+    return {c: [plain(r[c]) for r in records] for c in columns}
+
+  def check(self, checks):
+    # TFDS rows are records, not columns: validation decodes every row once, in a Python loop.
+    lengths = {c: np.zeros(len(self), np.int64) for c, k in checks.items()
+               if k in (PASSAGES, OPTIONAL_PASSAGES)}
+    for start in range(0, len(self), TFDS_CHECK_CHUNK):
+      chunk = range(start, min(start + TFDS_CHECK_CHUNK, len(self)))
+      for row, record in zip(chunk, self._records(chunk)):
+        for column, check in checks.items():
+          value = plain(record[column])
+          problem = value_problem(value, check)
+          if problem:
+            raise _problem(self.name, row, column, problem)
+          if column in lengths:
+            lengths[column][row] = len(as_passages(value))
+    return lengths
+
+
+class ConcatTable(Table):
+  """Several tables one after the other (comma-separated files); each keeps its own row numbers."""
+
+  def __init__(self, tables: Sequence[Table]):
+    self.tables = list(tables)
+    self.name = ", ".join(t.name for t in tables)
+    self.columns = tuple(c for c in tables[0].columns if all(c in t.columns for t in tables))
+    self._starts = np.cumsum([0] + [len(t) for t in tables])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def parts(self):
+    return list(self.tables)
+
+  def read(self, indices, columns):
+    indices = np.asarray(indices, np.int64)
+    which = np.searchsorted(self._starts, indices, side="right") - 1
+    out = {c: [None] * len(indices) for c in columns}
+    for k in np.unique(which):
+      positions = np.flatnonzero(which == k)
+      values = self.tables[k].read(indices[positions] - self._starts[k], columns)
+      for c in columns:
+        for position, value in zip(positions, values[c]):
+          out[c][position] = value
+    return out
+
+  def check(self, checks):
+    per_table = [t.check(checks) for t in self.tables]
+    return {c: np.concatenate([lengths[c] for lengths in per_table]) for c in per_table[0]}
+
+
+def _check_path(path: str, file_builders: Mapping[str, str]) -> str:
+  """The `datasets` builder for `path`; raises a StarbucksError when it is missing or of no known type."""
+  if not os.path.exists(path):
+    raise StarbucksError(f"data file {path} does not exist")
+  if os.path.isdir(path):
+    raise StarbucksError(f"data file {path} is a directory (use hf:{path} for a dataset folder)")
+  if os.path.getsize(path) == 0:
+    raise StarbucksError(f"data file {path} is empty")
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in file_builders:
+    raise StarbucksError(f"{path}: unknown data file extension {extension!r} (expected "
+                         f"{', '.join(file_builders)})")
+  return file_builders[extension]
+
+
+def local_files(source: str, file_builders: Mapping[str, str] = FILE_BUILDERS) -> list[tuple[str, str]]:
+  """(path, `datasets` builder) of each comma-separated file of `source`, every path checked first.
+
+  Raises:
+    StarbucksError: naming the first path that is missing, empty, a directory or of an unknown type.
+  """
+  paths = [os.path.expanduser(p.strip()) for p in source.split(",") if p.strip()]
+  if not paths:
+    raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
+  return [(path, _check_path(path, file_builders)) for path in paths]
+
+
+def _open_file(path: str, builder: str, limit: int | None) -> ArrowTable:
+  import datasets  # pylint: disable=import-outside-toplevel
+  try:
+    dataset = datasets.load_dataset(builder, data_files=os.path.abspath(path), split="train")
+  except Exception as e:  # pylint: disable=broad-except
+    raise StarbucksError(f"{path}: cannot be read as {builder}: {type(e).__name__}: {e}") from e
+  if limit is not None and limit < len(dataset):
+    dataset = dataset.select(range(limit))
+  return ArrowTable(dataset, path)
+
+
+def _open_hub(spec: str, split: str, limit: int | None) -> ArrowTable:
+  import datasets  # pylint: disable=import-outside-toplevel
+  name, _, config = spec.partition(":")
+  try:
+    dataset = datasets.load_dataset(name, config or None, split=split)
+  except Exception as e:  # pylint: disable=broad-except
+    raise StarbucksError(f"hf:{spec}: cannot load split {split!r}: {e}") from e
+  if limit is not None and limit < len(dataset):
+    dataset = dataset.select(range(limit))
+  return ArrowTable(dataset, f"hf:{spec} split {split}")
+
+
+def _open_tfds(spec: str, split: str, data_dir: str | None, limit: int | None) -> TfdsTable:
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise StarbucksError(f"tfds:{spec}: tfds sources need the tensorflow-datasets package") from e
+  try:
+    source = tfds.data_source(spec, split=split, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise StarbucksError(f"tfds:{spec}: cannot open split {split!r} as a random-access data source "
+                         f"(it must be prepared in the ArrayRecord file format): {e}") from e
+  return TfdsTable(source, f"tfds:{spec} split {split}", limit)
+
+
+def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None = None,
+               max_examples: int | None = None, file_builders: Mapping[str, str] = FILE_BUILDERS) -> Table:
+  """The rows of `source`: comma-separated local files, "hf:NAME[:CONFIG]" or "tfds:NAME[/CONFIG][:VERSION]".
+
+  Local files are read whole (`split` does not apply to them); `max_examples` keeps the first rows.
+  `file_builders` maps the file extensions allowed to their `datasets` builders.
+  """
+  source = source.strip()
+  if source.startswith("hf:"):
+    return _open_hub(source[3:], split, max_examples)
+  if source.startswith("tfds:"):
+    return _open_tfds(source[5:], split, tfds_data_dir, max_examples)
+  tables, left = [], max_examples
+  for path, builder in local_files(source, file_builders):  # every path checked before reading any
+    if left is not None and left <= 0:
+      break
+    tables.append(_open_file(path, builder, left))
+    left = None if left is None else left - len(tables[-1])
+  return tables[0] if len(tables) == 1 else ConcatTable(tables)

@@ -1,0 +1,269 @@
+"""Training batches of pairs, triplets, scored pairs or Tevatron groups, in a resumable order.
+
+    data = TrainData(DataConfig(source="data/quickstart/snli_triplets.jsonl"), tokenizer,
+                     global_batch_size=64, seed=0, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+    batch = data.batch(step)  # this host's rows of global batch number `step`
+
+A batch holds b = global_batch_size / process_count queries and G passages per query, query-major:
+
+    query_input_ids, query_attention_mask        int32 [b, Lq]
+    passage_input_ids, passage_attention_mask    int32 [b * G, Lp]   row i*G: query i's positive,
+                                                                     rows i*G+1 .. i*G+G-1: its negatives
+    labels                                       float32 [b]         scored pairs only (the score)
+
+G is 1 for pairs and scored pairs (query = sentence1, passage = sentence2), 2 for triplets and
+`train_group_size` for Tevatron groups. Token type ids are not returned (they are all zero).
+
+Order: `batching.EpochOrder` (a permutation per (seed, epoch); the last incomplete batch of an epoch is
+dropped). A host reads and tokenizes only its own rows, by random access, so resuming at any step reads
+nothing twice and `batch(step)` is a pure function of the step. Which columns hold what is the data's
+schema (`schemas.py`).
+
+Shapes: texts are padded to the smallest bucket length that holds the batch's longest text (buckets:
+powers of two from 16, then the max length), so few shapes compile. Hosts see different rows, so their
+longest texts differ; bucketing on host-local rows would give hosts different shapes, which a
+multi-host step cannot take. With `fixed_lengths` (the default when process_count > 1) every batch is
+padded to the max lengths instead, and all hosts always agree without exchanging anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from starbucks_jax import config_blocks
+from starbucks_jax.data import schemas, sources
+from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
+from starbucks_jax.data.checks import as_passages
+from starbucks_jax.errors import StarbucksError
+
+log = logging.getLogger(__name__)
+
+MAX_FILL_ROUNDS = 100  # rounds of drawing other queries' positives before a group counts as unfillable
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where training data comes from and how it is cut; built from `config.data`.
+
+  Attributes:
+    source: local file path(s), comma-separated, .jsonl/.json/.csv/.parquet (read whole: `split` does
+      not apply); "hf:NAME[:CONFIG]", a hub data set (or a local dataset folder) read with
+      `datasets.load_dataset(NAME, CONFIG, split=split)`; or "tfds:NAME[/CONFIG][:VERSION]", a TFDS
+      data set prepared in ArrayRecord format, read with `tfds.data_source`.
+    split: the split of a hub or TFDS source.
+    kind: "triplets" (anchor, positive, negative), "pairs" (anchor, positive), "scored" (sentence1,
+      sentence2, score), "tevatron" (query, positive_passages[, negative_passages]), or "auto" to decide
+      from the column names. "query" may replace "anchor".
+    train_group_size: Tevatron only: passages per query, 1 positive and train_group_size - 1 negatives.
+    query_max_length: queries are truncated to this many tokens, [SEP] kept.
+    passage_max_length: the same for passages.
+    query_prefix: put before every query text (Tevatron's "query: ", say).
+    passage_prefix: put before every passage text.
+    tfds_data_dir: where TFDS data sets are prepared (TFDS's default when None).
+    max_examples: use only the first this many rows (quick runs).
+    same_length: pad queries and passages of a batch to one length (the larger of their two), so the
+      trainer encodes both in one forward pass and compiles one step per bucket instead of one per
+      (query bucket, passage bucket) pair. Turn it off when queries are much shorter than passages.
+  """
+  source: str = ""
+  split: str = "train"
+  kind: str = "auto"
+  train_group_size: int = 8
+  query_max_length: int = 128
+  passage_max_length: int = 128
+  query_prefix: str = ""
+  passage_prefix: str = ""
+  tfds_data_dir: str | None = None
+  max_examples: int | None = None
+  same_length: bool = True
+
+  def __post_init__(self):
+    if not isinstance(self.source, str) or not self.source.strip():
+      raise StarbucksError("data.source is not set: give a file path, hf:NAME or tfds:NAME")
+    if self.kind != "auto" and self.kind not in schemas.KINDS:
+      raise StarbucksError(f"data.kind must be auto or one of {', '.join(schemas.KINDS)}, got {self.kind!r}")
+    for name, least in (("train_group_size", 1), ("query_max_length", 2), ("passage_max_length", 2)):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < least:  # 2 tokens: room for [CLS] and [SEP]
+        raise StarbucksError(f"data.{name} must be an integer of at least {least}, got {value!r}")
+    if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
+      raise StarbucksError(f"data.max_examples must be None or a positive integer, got {self.max_examples!r}")
+
+  @classmethod
+  def from_config_dict(cls, cd) -> "DataConfig":
+    """From an ml_collections ConfigDict (or any mapping) with some of this class's fields."""
+    return config_blocks.from_config_dict(cls, cd, "data")
+
+
+@dataclasses.dataclass
+class _Group:
+  """A Tevatron group being built: the passages chosen so far and the query's own positives."""
+  row: int
+  rng: np.random.Generator
+  own: list[dict]
+  passages: list[dict]
+
+
+def _same_passage(a: Mapping, b: Mapping) -> bool:
+  if a.get("docid") and a.get("docid") == b.get("docid"):
+    return True
+  return a["text"] == b["text"] and (a.get("title") or "") == (b.get("title") or "")
+
+
+class TrainData(HostBatches):
+  """Validated training data with random access to any step's batch; see the module docstring."""
+
+  def __init__(self, config: DataConfig, tokenizer, *, global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1, buckets: Sequence[int] | None = None,
+               fixed_lengths: bool | None = None):
+    """Opens and validates the data; every user error surfaces here, before training compiles.
+
+    Args:
+      config: the data's source and shape.
+      tokenizer: a Hugging Face tokenizer (fast or slow) with a pad token.
+      global_batch_size: queries per step over all hosts.
+      seed: with the epoch, fixes the example order and the Tevatron passage choices.
+      process_index: this host's index (`jax.process_index()`).
+      process_count: the number of hosts (`jax.process_count()`); must divide global_batch_size.
+      buckets: lengths to pad to (default: 16, 32, 64, ...); each max length is always added.
+      fixed_lengths: pad every batch to the max lengths; default True when process_count > 1, so that
+        all hosts' arrays have the same shape.
+
+    Raises:
+      StarbucksError: naming the problem (a file, a column, a row, a batch size).
+    """
+    super().__init__(global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+                     process_count=process_count, fixed_lengths=fixed_lengths)
+    if getattr(tokenizer, "pad_token_id", None) is None:
+      raise StarbucksError("the tokenizer has no pad token")
+    self.config = config
+    self.tokenizer = tokenizer
+    self.query_buckets = bucket_list(buckets, config.query_max_length)
+    self.passage_buckets = bucket_list(buckets, config.passage_max_length)
+
+    self.table = sources.open_table(config.source, split=config.split, tfds_data_dir=config.tfds_data_dir,
+                                    max_examples=config.max_examples)
+    self.schema = schemas.resolve_schema(self.table, config.kind)
+    self.kind = self.schema.kind
+    passage_counts = self.table.check(self.schema.checks())
+    self.num_examples = len(self.table)
+    if self.num_examples < self.global_batch_size:
+      raise StarbucksError(f"{self.table.name} has {self.num_examples} examples, fewer than one global "
+                           f"batch of {self.global_batch_size}")
+    self.group_size = self.schema.group_size(config.train_group_size)
+    self.order = EpochOrder(self.seed, self.num_examples, self.global_batch_size)
+    self.steps_per_epoch = self.order.steps_per_epoch
+    if self.schema.passages:
+      self._report_fill(passage_counts.get(self.schema.negative))
+    log.info("%s: %d %s examples, %d passage(s) per query, %d steps per epoch of %d", self.table.name,
+             self.num_examples, self.kind, self.group_size, self.steps_per_epoch, self.global_batch_size)
+
+  def _report_fill(self, negative_counts: np.ndarray | None) -> None:
+    wanted = self.group_size - 1
+    if wanted == 0:
+      return
+    short = self.num_examples if negative_counts is None else int(np.sum(negative_counts < wanted))
+    if short:
+      log.warning("%s: %d of %d queries have fewer than %d hard negatives; their groups are filled with "
+                  "positive passages of other queries, drawn at random (never the query's own "
+                  "positives)", self.table.name, short, self.num_examples, wanted)
+
+  def example_indices(self, step: int) -> np.ndarray:
+    """The example (row) indices of global batch `step`, all hosts' rows, in batch order."""
+    return self.order.indices(step)
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's rows of global batch `step`, tokenized and padded (see the module docstring)."""
+    b = self.local_batch_size
+    rows = self.host_rows(self.example_indices(step))
+    epoch = int(step) // self.steps_per_epoch
+    s, out = self.schema, {}
+    if s.passages:
+      queries, passages = self._group_texts(rows, epoch)
+    else:
+      columns = [c for c in (s.query, s.positive, s.negative, s.score) if c]
+      values = self.table.read(rows, columns)
+      queries = values[s.query]
+      passage_columns = [c for c in (s.positive, s.negative) if c]
+      passages = [self.config.passage_prefix + values[c][i] for i in range(b) for c in passage_columns]
+      if s.score:
+        out["labels"] = np.asarray([float(v) for v in values[s.score]], np.float32)
+    queries = [self.config.query_prefix + q for q in queries]
+    out["query_input_ids"], out["query_attention_mask"] = self._encode(
+        queries, self.config.query_max_length, self.query_buckets)
+    out["passage_input_ids"], out["passage_attention_mask"] = self._encode(
+        passages, self.config.passage_max_length, self.passage_buckets)
+    if self.config.same_length:
+      length = max(out["query_input_ids"].shape[1], out["passage_input_ids"].shape[1])
+      for side in ("query", "passage"):
+        pad = length - out[f"{side}_input_ids"].shape[1]
+        out[f"{side}_input_ids"] = np.pad(out[f"{side}_input_ids"], ((0, 0), (0, pad)),
+                                          constant_values=self.tokenizer.pad_token_id)
+        out[f"{side}_attention_mask"] = np.pad(out[f"{side}_attention_mask"], ((0, 0), (0, pad)))
+    return out
+
+  def _encode(self, texts: list[str], max_length: int, buckets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    ids = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    longest = max(len(x) for x in ids)
+    length = max_length if self.fixed_lengths else next(b for b in buckets if b >= longest)
+    return pad_rows(ids, length, self.tokenizer.pad_token_id)
+
+  def _passage_text(self, passage: Mapping) -> str:
+    # Tevatron's format: title + " " + text when there is a title.
+    title = (passage.get("title") or "").strip()
+    return self.config.passage_prefix + (f"{title} {passage['text']}" if title else passage["text"])
+
+  def _group_texts(self, rows: np.ndarray, epoch: int) -> tuple[list[str], list[str]]:
+    """Queries and their groups: a positive, then negatives drawn by rng([seed, epoch, row])."""
+    s, size = self.schema, self.group_size
+    values = self.table.read(rows, [c for c in (s.query, s.positive, s.negative) if c])
+    groups = []
+    for i, row in enumerate(rows):
+      rng = np.random.default_rng([self.seed, epoch, int(row)])
+      own = as_passages(values[s.positive][i])
+      negatives = as_passages(values[s.negative][i]) if s.negative else []
+      picks = (rng.choice(len(negatives), size - 1, replace=False) if len(negatives) >= size - 1
+               else rng.permutation(len(negatives)))
+      groups.append(_Group(int(row), rng, own, [own[rng.integers(len(own))]] +
+                           [negatives[j] for j in picks]))
+    self._fill([g for g in groups if len(g.passages) < size])
+    passages = [self._passage_text(p) for g in groups for p in g.passages]
+    return values[s.query], passages
+
+  def _fill(self, groups: list[_Group]) -> None:
+    """Completes short groups with positives of other queries, each group drawing from its own rng.
+
+    A round draws, for every short group, as many other rows as it lacks passages, reads their
+    positives in one call, and takes one of each at random unless it is (or duplicates) one of the
+    query's own positives or a passage already in the group. Each group's draws depend only on its own
+    rng and the data, so the result does not depend on which host or batch the query is in.
+    """
+    for _ in range(MAX_FILL_ROUNDS):
+      if not groups:
+        return
+      if self.num_examples < 2:
+        break
+      draws = {}
+      for g in groups:
+        others = g.rng.integers(self.num_examples - 1, size=self.group_size - len(g.passages))
+        draws[g.row] = others + (others >= g.row)  # skips the query's own row
+      wanted = np.unique(np.concatenate(list(draws.values())))
+      read = self.table.read(wanted, [self.schema.positive])[self.schema.positive]
+      positives = dict(zip(wanted.tolist(), read))
+      for g in groups:
+        for other in draws[g.row].tolist():
+          candidates = as_passages(positives[other])
+          candidate = candidates[g.rng.integers(len(candidates))]
+          if not any(_same_passage(candidate, p) for p in g.own + g.passages):
+            g.passages.append(candidate)
+      groups = [g for g in groups if len(g.passages) < self.group_size]
+    if groups:
+      raise StarbucksError(f"{self.table.name}: cannot fill the group of row {groups[0].row + 1} with "
+                           f"{self.group_size - 1} passages that are not its own positives: the data has "
+                           f"too few distinct positive passages for train_group_size {self.group_size}")

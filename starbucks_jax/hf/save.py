@@ -1,0 +1,82 @@
+"""Writing a Hugging Face folder that transformers and sentence-transformers load, without torch.
+
+The folder holds `config.json`, `model.safetensors` (written from numpy), the tokenizer files, and the
+sentence-transformers files (`modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`,
+`config_sentence_transformers.json`), so `SentenceTransformer(path, truncate_dim=d)` works. With
+`num_layers=n` it is a standalone n-layer model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.numpy import save_file
+
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.hf import convert
+from starbucks_jax.hf.load import TOKENIZER_FILES
+from starbucks_jax.model.pooling import POOLINGS
+from starbucks_jax.model.registry import family_of
+
+
+def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_dir: str | Path,
+                    num_layers: int | None = None, pooling: str = "mean", max_seq_length: int = 512,
+                    normalize: bool = False, with_mlm_head: bool = False) -> Path:
+  """Exports `params` as a Hugging Face folder; returns its path.
+
+  `with_mlm_head` writes the family's masked-LM layout (`BertForMaskedLM`: MLM head, no pooler) instead of
+  its base one (`BertModel`).
+  `normalize` adds sentence-transformers' Normalize module (it runs before `truncate_dim`'s cut, so
+  truncated vectors are then not unit length; cosine similarity does not care).
+  """
+  if pooling not in POOLINGS:
+    raise StarbucksError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+  num_layers = config.num_hidden_layers if num_layers is None else num_layers
+  names = family_of(config).hf_names
+  layout = names.mlm_architecture if with_mlm_head else names.base_architecture
+  state = convert.params_to_hf(params, config, num_layers=num_layers, layout=layout)
+  tokenizer_files = [Path(tokenizer_dir) / f for f in TOKENIZER_FILES if (Path(tokenizer_dir) / f).is_file()]
+  if not tokenizer_files:
+    raise StarbucksError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tokenizer_dir}")
+
+  out = Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  exported_config = config.replace(num_hidden_layers=num_layers)
+  _write_json(out / "config.json", exported_config.to_hf_dict(architecture=layout))
+  save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+  for f in tokenizer_files:
+    if f.resolve() != (out / f.name).resolve():
+      shutil.copyfile(f, out / f.name)
+
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  if normalize:
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (out / "2_Normalize").mkdir(exist_ok=True)
+  _write_json(out / "modules.json", modules)
+  (out / "1_Pooling").mkdir(exist_ok=True)
+  _write_json(out / "1_Pooling" / "config.json", {
+      "word_embedding_dimension": config.hidden_size,
+      "pooling_mode_cls_token": pooling == "cls",
+      "pooling_mode_mean_tokens": pooling == "mean",
+      "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False,
+  })
+  _write_json(out / "sentence_bert_config.json",
+              {"max_seq_length": min(max_seq_length, config.max_position_embeddings), "do_lower_case": False})
+  _write_json(out / "config_sentence_transformers.json", {
+      "__version__": {"starbucks_jax": _version()},
+      "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",
+  })
+  return out
+
+
+def _write_json(path: Path, obj) -> None:
+  path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _version() -> str:
+  from starbucks_jax import __version__
+  return __version__

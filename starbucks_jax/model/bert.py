@@ -1,0 +1,241 @@
+"""The BERT family: its config, and a functional Flax encoder with the same math as transformers' `BertModel`.
+
+`apply(params, input_ids, attention_mask, token_type_ids)` returns every layer's hidden states
+(index 0 is the embedding output, index n the output of layer n, as Hugging Face numbers them) and
+every layer's CLS and masked-mean pooled vectors. With `num_layers=n` it stops after layer n: the
+layers above are never traced, so they cost nothing and need not even be in `params`.
+
+Parameters stay float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax, LayerNorm
+statistics and pooling run in float32 either way. The dense layers are `dense.Dense`: flax's Dense,
+whose bfloat16 products return float32 on the CPU (`dense.py` says why).
+
+The parameter tree (`bert_names.py` maps it to Hugging Face names):
+  embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, embeddings/layer_norm
+  layer_{i}/attention/{query,key,value,output}/{kernel,bias}, layer_{i}/attention_layer_norm/{scale,bias}
+  layer_{i}/intermediate/{kernel,bias}, layer_{i}/output/{kernel,bias}, layer_{i}/output_layer_norm/{scale,bias}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.model import bert_names, dense, pooling
+from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.dropout import Dropout
+from starbucks_jax.model.family import ModelFamily, constrain_activations
+from starbucks_jax.model.mlm_head import init_mlm_head_params
+from starbucks_jax.model.pooling import EncoderOutput
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(EncoderConfig):
+  """BERT's hyper-parameters: the shared ones and the token-type vocabulary; only BERT's math is accepted."""
+  model_type = "bert"
+  type_vocab_size: int = 2
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.type_vocab_size < 1:
+      raise StarbucksError(f"bert config: type_vocab_size must be at least 1, got {self.type_vocab_size}")
+
+  @classmethod
+  def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json") -> "BertConfig":
+    """Builds a config from a Hugging Face config dict; rejects models whose math differs from BERT's."""
+    act = hf.get("hidden_act", "gelu")
+    if act != "gelu":
+      raise StarbucksError(f"{source}: hidden_act {act!r} is not supported (only exact 'gelu', as in BERT)")
+    position_type = hf.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+      raise StarbucksError(f"{source}: position_embedding_type {position_type!r} is not supported (only 'absolute')")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+      raise StarbucksError(f"{source}: decoder / cross-attention BERT models are not supported")
+    return super().from_hf_dict(hf, source)
+
+  def to_hf_dict(self, architecture: str = "BertModel") -> dict[str, Any]:
+    """A `config.json` dict that transformers' BertConfig reads."""
+    return {**super().to_hf_dict(architecture), "hidden_act": "gelu", "position_embedding_type": "absolute"}
+
+
+def _dense(config: BertConfig, features: int, dtype: Dtype, name: str) -> dense.Dense:
+  return dense.Dense(features, dtype=dtype, name=name, kernel_init=nn.initializers.normal(config.initializer_range))
+
+
+def _layer_norm(config: BertConfig, dtype: Dtype, name: str) -> nn.LayerNorm:
+  # Flax computes LayerNorm statistics in float32 even when dtype is bfloat16.
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class Embeddings(nn.Module):
+  """Word + position + token-type embeddings, then LayerNorm and dropout."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    cfg = self.config
+    init = nn.initializers.normal(cfg.initializer_range)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=self.dtype,
+                                     param_dtype=jnp.float32, name=name)
+    positions = jnp.arange(input_ids.shape[1])[None, :]
+    x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
+         + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+         + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
+    x = _layer_norm(cfg, self.dtype, "layer_norm")(x)
+    return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention over unpadded keys, with its output projection."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias, deterministic: bool):
+    cfg = self.config
+    batch, length, _ = x.shape
+    split = lambda t: t.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+    q = split(_dense(cfg, cfg.hidden_size, self.dtype, "query")(x))
+    k = split(_dense(cfg, cfg.hidden_size, self.dtype, "key")(x))
+    v = split(_dense(cfg, cfg.hidden_size, self.dtype, "value")(x))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (cfg.head_dim ** -0.5) + mask_bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    return _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
+
+
+class EncoderLayer(nn.Module):
+  """One post-LayerNorm transformer layer: attention, add & norm, GELU MLP, add & norm."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias, deterministic: bool):
+    cfg = self.config
+    dropout = Dropout(cfg.hidden_dropout_prob)
+    attended = SelfAttention(cfg, self.dtype, name="attention")(x, mask_bias, deterministic)
+    x = _layer_norm(cfg, self.dtype, "attention_layer_norm")(x + dropout(attended, deterministic=deterministic))
+    h = _dense(cfg, cfg.intermediate_size, self.dtype, "intermediate")(x)
+    h = gelu(h)
+    h = _dense(cfg, cfg.hidden_size, self.dtype, "output")(h)
+    return _layer_norm(cfg, self.dtype, "output_layer_norm")(x + dropout(h, deterministic=deterministic))
+
+
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+  """BERT's "gelu", the exact form, written with erf as PyTorch computes it.
+
+  jax.nn.gelu(approximate=False) goes through erfc, which XLA's CPU backend evaluates more slowly.
+  """
+  return x * (0.5 + 0.5 * jax.lax.erf(x * (2 ** -0.5)))
+
+
+def attention_bias(attention_mask: jnp.ndarray) -> jnp.ndarray:
+  """[batch, length] 0/1 mask -> [batch, 1, 1, length] additive bias for the attention scores.
+
+  Padded keys get the most negative float32, as transformers does, so they receive no attention.
+  """
+  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+
+class BertEncoder(nn.Module):
+  """Embeddings and the first `num_layers` encoder layers (all of them when None)."""
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  remat: bool = False  # recompute each layer's activations in the backward pass to save memory
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               num_layers: Optional[int] = None, deterministic: bool = True) -> EncoderOutput:
+    cfg = self.config
+    num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
+    if not 0 <= num_layers <= cfg.num_hidden_layers:
+      raise ValueError(f"num_layers must be in 0..{cfg.num_hidden_layers}, got {num_layers}")
+    if input_ids.shape[1] > cfg.max_position_embeddings:
+      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                       f"{cfg.max_position_embeddings}")
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    mask_bias = attention_bias(attention_mask)
+    x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic))
+    hidden_states = [x]
+    # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
+    layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
+    for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
+      x = constrain_activations(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic))
+      hidden_states.append(x)
+    return EncoderOutput(
+        hidden_states=tuple(hidden_states),
+        cls=tuple(pooling.cls_pool(h) for h in hidden_states),
+        mean=tuple(pooling.mean_pool(h, attention_mask) for h in hidden_states),
+    )
+
+
+def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig,
+          num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
+          dropout_rng: Optional[jax.Array] = None, remat: bool = False) -> EncoderOutput:
+  """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part."""
+  encoder_params = params["encoder"] if "encoder" in params else params
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return BertEncoder(config, dtype, remat).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
+                                          num_layers=num_layers, deterministic=deterministic, rngs=rngs)
+
+
+def embed(params, input_ids, token_type_ids=None, *, config: BertConfig, dtype: Dtype = jnp.float32,
+          deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+  """The embedding layer's output [batch, length, hidden] alone (SMAE's decoder input)."""
+  encoder_params = params["encoder"] if "encoder" in params else params
+  if token_type_ids is None:
+    token_type_ids = jnp.zeros_like(input_ids)
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return constrain_activations(Embeddings(config, dtype).apply({"params": encoder_params["embeddings"]}, input_ids,
+                                                    token_type_ids, deterministic, rngs=rngs))
+
+
+def apply_layer(layer_params, x, attention_mask, *, config: BertConfig, dtype: Dtype = jnp.float32,
+                deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+  """One encoder layer with the given parameters (an `encoder/layer_{i}` tree) over [batch, length, hidden]."""
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return constrain_activations(EncoderLayer(config, dtype).apply({"params": layer_params}, x.astype(dtype),
+                                                      attention_bias(attention_mask), deterministic, rngs=rngs))
+
+
+def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:
+  """Random encoder parameters with BERT's initialisation (normal(initializer_range), LayerNorm 1/0)."""
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return jax.jit(lambda r: BertEncoder(config).init(r, ids)["params"])(rng)
+
+
+def init_pooler_params(config: BertConfig, rng: jax.Array) -> dict:
+  """BERT's tanh pooler. We never use it, but `AutoModel` expects its weights in an export."""
+  kernel = config.initializer_range * jax.random.normal(rng, (config.hidden_size, config.hidden_size), jnp.float32)
+  return {"kernel": kernel, "bias": jnp.zeros((config.hidden_size,), jnp.float32)}
+
+
+def init_params(config: BertConfig, rng: jax.Array, *, with_mlm_head: bool = False) -> dict:
+  """A full, freshly initialised model tree: {"encoder", "pooler"} and, if asked, "mlm_head"."""
+  encoder_rng, pooler_rng, head_rng = jax.random.split(rng, 3)
+  params = {"encoder": init_encoder_params(config, encoder_rng), "pooler": init_pooler_params(config, pooler_rng)}
+  if with_mlm_head:
+    params["mlm_head"] = init_mlm_head_params(config, head_rng)
+  return params
+
+
+FAMILY = ModelFamily(
+    name="bert", config_class=BertConfig, apply=apply, embed=embed, apply_layer=apply_layer,
+    init_params=init_params, init_pooler_params=init_pooler_params,
+    word_embeddings=lambda params: params["encoder"]["embeddings"]["word_embeddings"]["embedding"],
+    first_layer=lambda encoder_params: encoder_params["layer_0"],
+    keep_layers=lambda encoder_params, n: {k: v for k, v in encoder_params.items()
+                                           if not k.startswith("layer_") or int(k.split("_")[1]) < n},
+    hf_names=bert_names.HF_NAMES, param_axes=bert_names.PARAM_AXES)

@@ -1,0 +1,80 @@
+"""What every model family's config has, and reading a Hugging Face `config.json`.
+
+`EncoderConfig` holds the hyper-parameters the rest of the package reads from any encoder: sizes (for
+pairs, pooling, FLOPs and the MLM head), the position limit, the pad id, the dropout rates (a run may
+override them) and the initialiser's scale. A family's config (`bert.BertConfig`) subclasses it, sets
+`model_type` and adds its own fields and checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from starbucks_jax.errors import StarbucksError
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+  """A config.json as a dict; a missing, unreadable or non-object file is a StarbucksError naming it."""
+  path = Path(path)
+  if not path.is_file():
+    raise StarbucksError(f"no config.json in {path.parent}")
+  try:
+    hf = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise StarbucksError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(hf, dict):
+    raise StarbucksError(f"{path} does not hold a JSON object")
+  return hf
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """The fields every family's config has; frozen and hashable (a static argument of jitted functions)."""
+  model_type: ClassVar[str] = ""  # config.json's model_type; set by each family's subclass
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise StarbucksError(
+          f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings"):
+      if getattr(self, name) < 1:
+        raise StarbucksError(f"{self.model_type} config: {name} must be at least 1, got {getattr(self, name)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @classmethod
+  def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json"):
+    """The fields of this class found in a Hugging Face config dict; other keys are ignored."""
+    model_type = hf.get("model_type")
+    if model_type != cls.model_type:
+      raise StarbucksError(f"{source}: model_type is {model_type!r}, not {cls.model_type!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in hf.items() if k in known and v is not None}
+    try:
+      return cls(**values)
+    except TypeError as e:  # a value of the wrong type
+      raise StarbucksError(f"{source}: {e}") from None
+
+  def to_hf_dict(self, architecture: str) -> dict[str, Any]:
+    """A `config.json` dict that transformers reads for `architecture`."""
+    return {"architectures": [architecture], "model_type": self.model_type, **dataclasses.asdict(self)}
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)

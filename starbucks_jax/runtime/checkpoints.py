@@ -1,0 +1,208 @@
+"""Orbax checkpoints of a training run: `workdir/checkpoints/<step>/{params,opt_state,train_meta}`,
+written asynchronously, the newest K kept. (The rest of a workdir: `workdir.py`.)
+
+Each checkpoint is committed atomically by Orbax (written under a temporary name, renamed when
+complete), so a half-written step is never listed. Once a save has finished, process 0 records the
+size of every file of it in `<step>/starbucks_files.json`; a restore first checks those files, so a
+truncated or deleted file is reported by name. A damaged newest checkpoint is moved to
+`workdir/damaged_checkpoints/` (kept, not deleted) and the run resumes from the one before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from starbucks_jax.errors import StarbucksError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
+FILES_MANIFEST = "starbucks_files.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When a run saves (`config.checkpoint`): every `every_steps` steps and at the end, the newest `keep`
+  kept; `async_save` writes in the background while training goes on."""
+  every_steps: int = 1000
+  keep: int = 3
+  async_save: bool = True
+
+  def __post_init__(self):
+    if self.every_steps < 1 or self.keep < 1:
+      raise StarbucksError("checkpoint.every_steps and checkpoint.keep must be at least 1")
+
+
+class RunCheckpoints:
+  """The checkpoints of one run: save every `every_steps` steps (and when forced), keep the newest
+  `keep`, restore any of them. Saves run in the background; `wait()` blocks until they are on disk."""
+
+  def __init__(self, workdir: str | Path, *, every_steps: int, keep: int, async_save: bool = True):
+    self.every_steps = max(every_steps, 1)
+    self.workdir = Path(workdir).absolute()
+    self._unrecorded: list[int] = []  # saved steps whose file manifest is not written yet
+    # Orbax may save at every step; `save` decides (Orbax alone would also save the very first step).
+    options = ocp.CheckpointManagerOptions(save_interval_steps=1, max_to_keep=keep,
+                                           enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINT_DIR, options=options,
+                                         item_names=("params", "opt_state", "train_meta"))
+
+  def restore_newest(self, template) -> tuple[object, int]:
+    """(state, step) from the newest readable checkpoint, or (template, 0) when there is none.
+
+    A damaged checkpoint is moved aside with a warning and the next older one is tried; when none is
+    left, a StarbucksError names the damaged file.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        check_files(self.workdir, step)
+        return self.restore(step, template), step
+      except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds; all mean "unreadable"
+        problem = str(e) if isinstance(e, StarbucksError) else \
+            f"checkpoint {self.workdir / CHECKPOINT_DIR / str(step)} cannot be read: {' '.join(str(e).split())[:400]}"
+        if i + 1 == len(steps):
+          raise StarbucksError(f"{problem}; there is no older checkpoint to resume from (move "
+                               f"{self.workdir / CHECKPOINT_DIR / str(step)} away to start from scratch)") from None
+        moved = self._set_aside(step)
+        log.warning("%s; resuming from the checkpoint at step %d instead (the damaged one is kept in %s)",
+                    problem, steps[i + 1], moved)
+    return template, 0
+
+  def _set_aside(self, step: int) -> Path:
+    """Moves a damaged step out of Orbax's sight, so that it is neither resumed nor counted as saved."""
+    target = self.workdir / DAMAGED_DIR / str(step)
+    _sync(f"starbucks_damaged_{step}_read")
+    if jax.process_index() == 0:
+      suffix = 0
+      while target.exists():
+        suffix += 1
+        target = self.workdir / DAMAGED_DIR / f"{step}.{suffix}"
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.workdir / CHECKPOINT_DIR / str(step)), str(target))
+    _sync(f"starbucks_damaged_{step}_moved")
+    self.manager.reload()
+    return target
+
+  def save(self, state, step: int, *, force: bool = False) -> bool:
+    """Starts saving `state` (a TrainState at `step`) if that step is due; returns whether it did.
+
+    The caller passes the step it counts on the host, so a step that saves nothing neither waits for
+    the device (reading `state.step` would) nor lists the checkpoint folder.
+    """
+    if not (force or step % self.every_steps == 0) or step in self.manager.all_steps():
+      return False
+    self._record_finished()
+    meta = {"step": step, "skipped_steps": int(state.skipped_steps),
+            "rng": np.asarray(jax.random.key_data(state.rng)).tolist()}
+    started = self.manager.save(step, force=True, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+        train_meta=ocp.args.JsonSave(meta)))
+    self._unrecorded.append(step)
+    return started
+
+  def _record_finished(self) -> None:
+    """Writes the file manifest of every save that has finished (waiting for the one in flight)."""
+    if not self._unrecorded:
+      return
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unrecorded:
+        record_files(self.workdir, step)
+    self._unrecorded = []
+
+  def restore(self, step: int, template):
+    """The TrainState saved at `step`, laid out like `template` (shapes, dtypes and shardings)."""
+    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract(template.params)),
+        opt_state=ocp.args.StandardRestore(abstract(template.opt_state)),
+        train_meta=ocp.args.JsonRestore()))
+    meta = restored["train_meta"]
+    if meta["step"] != step:
+      raise StarbucksError(f"checkpoint {step} says it is step {meta['step']}; the workdir is damaged")
+    rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32))
+    return template.replace(step=np.int32(step), params=restored["params"], opt_state=restored["opt_state"],
+                            rng=rng, skipped_steps=np.int32(meta["skipped_steps"]))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+    self._record_finished()
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def step_dir(workdir: str | Path, step: int) -> Path:
+  return Path(workdir).absolute() / CHECKPOINT_DIR / str(step)
+
+
+def record_files(workdir: str | Path, step: int) -> None:
+  """Writes `<step>/starbucks_files.json`: the size of every file of a finished checkpoint."""
+  directory = step_dir(workdir, step)
+  if not directory.is_dir():  # already removed by Orbax's keep-the-newest-K
+    return
+  sizes = {str(f.relative_to(directory)): f.stat().st_size for f in sorted(directory.rglob("*"))
+           if f.is_file() and f.name != FILES_MANIFEST}
+  staging = directory / (FILES_MANIFEST + ".tmp")
+  staging.write_text(json.dumps({"step": step, "files": sizes}, indent=1) + "\n")
+  staging.rename(directory / FILES_MANIFEST)
+
+
+def check_files(workdir: str | Path, step: int) -> None:
+  """Raises a StarbucksError naming the first file of checkpoint `step` that is missing or has the wrong
+  size. A checkpoint without a manifest (killed before it was written) is left to Orbax to check."""
+  directory = step_dir(workdir, step)
+  manifest = directory / FILES_MANIFEST
+  if not manifest.is_file():
+    return
+  try:
+    sizes = json.loads(manifest.read_text())["files"]
+  except (ValueError, KeyError) as e:
+    raise StarbucksError(f"checkpoint file list {manifest} is damaged ({e})") from None
+  for name, size in sizes.items():
+    path = directory / name
+    if not path.is_file():
+      raise StarbucksError(f"checkpoint file {path} is missing")
+    if path.stat().st_size != size:
+      raise StarbucksError(f"checkpoint file {path} has {path.stat().st_size} bytes; {size} were written "
+                           "(truncated or overwritten)")
+
+
+def saved_steps(workdir: str | Path) -> list[int]:
+  directory = Path(workdir) / CHECKPOINT_DIR
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def restore_params(workdir: str | Path, step: int | None = None):
+  """The parameters saved at `step` (default: the newest checkpoint), as numpy arrays on the host."""
+  steps = saved_steps(workdir)
+  if not steps:
+    raise StarbucksError(f"{workdir} has no checkpoints under {Path(workdir) / CHECKPOINT_DIR}")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise StarbucksError(f"{workdir} has no checkpoint at step {step}; saved steps: "
+                         f"{', '.join(map(str, steps))}")
+  check_files(workdir, step)
+  path = step_dir(workdir, step) / "params"
+  tree = ocp.StandardCheckpointHandler().metadata(path)  # shapes and dtypes of the saved tree
+  # Restore onto the host CPU, whatever mesh the run used.
+  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree)
+  params = ocp.StandardCheckpointer().restore(path, target)
+  return jax.tree.map(np.asarray, params), step

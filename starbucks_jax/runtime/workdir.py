@@ -1,0 +1,145 @@
+"""A training workdir, and a model named by path: one meaning everywhere (train's init_from, encode,
+evaluate, export).
+
+A workdir holds:
+  checkpoints/<step>/  Orbax checkpoints (`checkpoints.py`)
+  model/               the model's Hugging Face config.json, tokenizer files and `starbucks.json`
+                       (pooling, max_seq_length, normalize, num_layers, mlm_head), written at the start
+  config.json          the training config, for the record and to refuse a different run's resume
+  metrics.jsonl, tensorboard/, export/
+
+`model/` plus any checkpoint's `params` is everything an export needs: no data, no config file.
+`resolve(path)` turns what a user names (a Hugging Face folder, a hub name, or a workdir, at its newest
+checkpoint or at `step`) into a `ModelSource`, which reads the config cheaply (to check a request before
+any weights are read) and the parameters on demand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.hf import load
+from starbucks_jax.model.config import EncoderConfig, read_config_json
+from starbucks_jax.model.registry import config_from_hf_dict, family_of
+from starbucks_jax.runtime import checkpoints
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+SETTINGS_FILE = "starbucks.json"
+CONFIG_FILE = "config.json"
+# Settings that may change between restarts of one run: where and how often to log, checkpoint,
+# evaluate or export, and the mesh (a run preempted on one pod may resume on another; Orbax re-lays
+# the checkpoint out). What is trained may not change.
+VOLATILE_SETTINGS = frozenset({"checkpoint", "log_every_steps", "tensorboard", "progress_bar", "export", "eval",
+                               "mesh"})
+
+
+def is_workdir(path: str | Path) -> bool:
+  """A training workdir has model/config.json (its top-level config.json is the training config)."""
+  return (Path(path) / MODEL_DIR / "config.json").is_file()
+
+
+def write_model_dir(workdir: str | Path, config: EncoderConfig, tokenizer_dir: str | Path, settings: dict) -> None:
+  """Writes `workdir/model`: what an export needs besides the parameters."""
+  model_dir = Path(workdir) / MODEL_DIR
+  model_dir.mkdir(parents=True, exist_ok=True)
+  architecture = family_of(config).hf_names.base_architecture
+  (model_dir / "config.json").write_text(json.dumps(config.to_hf_dict(architecture), indent=2) + "\n")
+  for name in load.TOKENIZER_FILES:
+    if (Path(tokenizer_dir) / name).is_file():
+      shutil.copyfile(Path(tokenizer_dir) / name, model_dir / name)
+  (model_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def read_model_dir(workdir: str | Path) -> tuple[EncoderConfig, dict, Path]:
+  """(model config, `starbucks.json` settings, the model/ folder) of a workdir."""
+  model_dir = Path(workdir) / MODEL_DIR
+  if not (model_dir / "config.json").is_file():
+    raise StarbucksError(f"{workdir} is not a training workdir: {model_dir / 'config.json'} is missing")
+  config = config_from_hf_dict(read_config_json(model_dir / "config.json"), source=str(model_dir / "config.json"))
+  settings_file = model_dir / SETTINGS_FILE
+  settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+  return config, settings, model_dir
+
+
+def write_run_config(workdir: Path, config_json: str) -> None:
+  (workdir / CONFIG_FILE).write_text(config_json + "\n")
+
+
+def check_run_config(workdir: Path, config_json: str) -> None:
+  """Refuses a workdir whose checkpoints come from a run with a different config (they would be resumed).
+
+  `config_json`: the new run's config as JSON (its ConfigDict's `to_json_best_effort()`)."""
+  saved = workdir / CONFIG_FILE
+  if not saved.is_file():
+    return
+  previous, current = json.loads(saved.read_text()), json.loads(config_json)
+  changed = sorted(k for k in set(previous) | set(current)
+                   if k not in VOLATILE_SETTINGS and previous.get(k) != current.get(k))
+  saved_checkpoints = workdir / checkpoints.CHECKPOINT_DIR
+  if changed and saved_checkpoints.is_dir() and any(saved_checkpoints.iterdir()):
+    raise StarbucksError(f"{workdir} holds checkpoints of a run with a different config (differs in: "
+                         f"{', '.join(changed)}); use a new --workdir")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSettings:
+  """How a model is meant to embed: its pooling, its max sequence length, whether it normalises."""
+  pooling: str | None = None
+  max_seq_length: int | None = None
+  normalize: bool = False
+  mlm_head: bool = False  # a pre-training run: its export keeps the MLM head
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  """A model to use or start from: a Hugging Face folder, or a training workdir at one of its checkpoints."""
+  model_dir: Path             # config.json and the tokenizer files
+  workdir: Path | None = None
+  step: int | None = None     # with a workdir: the checkpoint to read (None: the newest)
+
+  @property
+  def name(self) -> Path:
+    return self.workdir or self.model_dir
+
+  def config(self) -> EncoderConfig:
+    """Only the config: cheap, to check a request before any weights are read."""
+    return read_model_dir(self.workdir)[0] if self.workdir else load.load_config(self.model_dir)
+
+  def serving(self) -> ServingSettings:
+    """A workdir's run settings (`starbucks.json`), or a folder's sentence-transformers settings."""
+    if self.workdir:
+      settings = read_model_dir(self.workdir)[1]
+      return ServingSettings(settings.get("pooling"), settings.get("max_seq_length"),
+                             bool(settings.get("normalize", False)), bool(settings.get("mlm_head", False)))
+    return ServingSettings(*load.read_sentence_transformers_settings(self.model_dir))
+
+  def load_params(self) -> tuple[dict, int | None]:
+    """(host parameters, the checkpoint's step, or None for a Hugging Face folder)."""
+    if self.workdir is None:
+      return dict(load.load_pretrained(self.model_dir).params), None
+    params, step = checkpoints.restore_params(self.workdir, self.step)
+    return dict(params), step
+
+
+def resolve(name_or_path, *, step: int | None = None, what: str = "model") -> ModelSource:
+  """The ModelSource a user names: a workdir (its newest checkpoint, or `step`), a Hugging Face folder or
+  a hub name. `what` names the setting in messages ("init_from", "--model")."""
+  path = Path(name_or_path).expanduser()
+  if is_workdir(path):
+    if not checkpoints.saved_steps(path):
+      raise StarbucksError(f"{what} {path} is a training workdir without checkpoints")
+    return ModelSource(path / MODEL_DIR, path, step)
+  if step is not None:
+    raise StarbucksError(f"a step ({step}) applies to a training workdir, and {name_or_path} is not one "
+                         "(it has no model/config.json)")
+  if path.is_dir() and not (path / "config.json").is_file():
+    raise StarbucksError(f"{what} {path} is neither a training workdir (model/config.json and checkpoints/) "
+                         "nor a Hugging Face folder (config.json)")
+  return ModelSource(load.resolve_model_dir(name_or_path))

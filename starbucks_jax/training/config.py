@@ -1,0 +1,181 @@
+"""The training config: every setting a run shares, typed, with its default and its check.
+
+A config file (`configs/*.py`) starts from `defaults.base_config()` (SRL fine-tuning) or
+`defaults.smae_base_config()` (SMAE pre-training), ml_collections ConfigDicts made from the blocks below,
+and changes what its run needs; any value can be overridden on the command line as
+`--config.optimizer.lr=1e-4` or `--config.starbucks.pairs="((2,32),(4,64))"`. Before anything loads,
+`tasks.read_config` checks the whole ConfigDict once and turns it into a frozen `TrainConfig`, which is
+all the rest of the package reads.
+
+Where each block's settings and defaults live:
+  model       ModelOptions (below)           optimizer   training/optim.py OptimizerConfig
+  mesh        runtime/sharding.py MeshConfig  checkpoint  runtime/checkpoints.py CheckpointConfig
+  eval        EvalConfig (below)              export      ExportConfig (below)
+  data, and the loss block (`starbucks` or `smae`): the task's (training/tasks/srl.py, smae.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.evaluation.evaluator import EvalOptions
+from starbucks_jax.evaluation.registry import EVALUATORS
+from starbucks_jax.model.pooling import POOLINGS, SIMILARITIES
+from starbucks_jax.pairs import parse_pairs
+from starbucks_jax.runtime.checkpoints import CheckpointConfig
+from starbucks_jax.runtime.sharding import MeshConfig
+from starbucks_jax.training.optim import OptimizerConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+  """The starting model and how it runs (`config.model`).
+
+  Attributes:
+    name: a Hugging Face folder or hub name; "minilm" = the packaged all-MiniLM-L6-v2.
+    pooling: "mean" | "cls".
+    dtype: compute dtype, "float32" | "bfloat16" (parameters stay float32).
+    remat: recompute layer activations in the backward pass (less memory).
+    hidden_dropout, attention_dropout: None keeps the model config's rate; 0 turns it off.
+  """
+  name: str = "bert-base-uncased"
+  pooling: str = "mean"
+  dtype: str = "float32"
+  remat: bool = False
+  hidden_dropout: float | None = None
+  attention_dropout: float | None = None
+
+  def __post_init__(self):
+    if self.pooling not in POOLINGS:
+      raise StarbucksError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+    if self.dtype not in DTYPES:
+      raise StarbucksError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+    for name in ("hidden_dropout", "attention_dropout"):
+      rate = getattr(self, name)
+      if rate is not None and not 0 <= rate < 1:
+        raise StarbucksError(f"model.{name}={rate}: a dropout rate must be in [0, 1)")
+
+  def dropout_overrides(self) -> dict[str, float]:
+    """The model config fields these options change: {"hidden_dropout_prob": 0.0, ...}."""
+    changes = {}
+    if self.hidden_dropout is not None:
+      changes["hidden_dropout_prob"] = self.hidden_dropout
+    if self.attention_dropout is not None:
+      changes["attention_probs_dropout_prob"] = self.attention_dropout
+    return changes
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Evaluation during training (`config.eval`), by process 0, into metrics.jsonl as
+  eval/<data set>/n{n}_d{d}/<metric>.
+
+  Attributes:
+    every_steps: 0: evaluate only at the end (when sets are given); N: also every N steps.
+    sets: one entry per evaluator, in the config as `eval.sts`, `eval.beir`: the files or folders to
+      evaluate on (`evaluation/registry.py`).
+    pairs: (layer, dim) pairs to score; empty: the pairs the run trains.
+    batch_size: texts per encoding batch.
+    query_max_length, passage_max_length: retrieval lengths; STS texts use the larger.
+    similarity: retrieval scores, "cosine" | "dot" (match starbucks.similarity).
+  """
+  every_steps: int = 0
+  sets: Mapping[str, tuple[str, ...]] = dataclasses.field(
+      default_factory=lambda: {name: () for name in EVALUATORS}, metadata={"flatten": True})
+  pairs: tuple = dataclasses.field(default=(), metadata={"parse": parse_pairs})
+  batch_size: int = 64
+  query_max_length: int = 32
+  passage_max_length: int = 256
+  similarity: str = "cosine"
+
+  def __post_init__(self):
+    if self.every_steps < 0:
+      raise StarbucksError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+    if self.similarity not in SIMILARITIES:
+      raise StarbucksError(f"eval.similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
+    for name in ("batch_size", "query_max_length", "passage_max_length"):
+      if getattr(self, name) < 1:
+        raise StarbucksError(f"eval.{name} must be at least 1, got {getattr(self, name)}")
+
+  def options(self, pooling: str) -> EvalOptions:
+    return EvalOptions(pooling=pooling, batch_size=self.batch_size, query_max_length=self.query_max_length,
+                       passage_max_length=self.passage_max_length, similarity=self.similarity,
+                       show_progress=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """The export at the end of a run (`config.export`): `enabled` writes workdir/export; `normalize` adds
+  sentence-transformers' Normalize module."""
+  enabled: bool = True
+  normalize: bool = False
+
+
+# The task's blocks: `tasks.read_config` reads them with the task's classes, under the task's keys.
+_TASK_BLOCK = {"external": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A whole run's settings.
+
+  Attributes:
+    task: "srl" | "smae" (`training/tasks/`): which loss and which kind of data.
+    seed: fixes the data order, the masks, dropout and any fresh initialisation.
+    init_from: start from a training workdir's newest checkpoint or an exported folder (an SMAE run's
+      output into SRL, say) instead of model.name's weights; its config and tokenizer are used too.
+    batch_size: global: examples per step over all devices and hosts.
+    grad_accum_steps: micro-batches per step (contrastive negatives come from within a micro-batch).
+    num_epochs: the run's length, unless num_steps is set.
+    log_every_steps: metrics.jsonl and TensorBoard every this many steps.
+    data: the task's data block (`data/srl.py` DataConfig, `data/smae.py` TextDataConfig).
+    loss: the task's loss block (config key `starbucks` or `smae`).
+  """
+  task: str = "srl"
+  seed: int = 0
+  init_from: str | None = None
+  model: ModelOptions = dataclasses.field(default_factory=ModelOptions)
+  batch_size: int = 128
+  grad_accum_steps: int = 1
+  num_epochs: float = 1.0
+  num_steps: int | None = None
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  log_every_steps: int = 10
+  tensorboard: bool = True
+  progress_bar: bool = True
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+  data: Any = dataclasses.field(default=None, metadata=_TASK_BLOCK)
+  loss: Any = dataclasses.field(default=None, metadata=_TASK_BLOCK)
+
+  def __post_init__(self):
+    if self.seed < 0:
+      raise StarbucksError(f"seed must be a non-negative integer, got {self.seed}")
+    if self.batch_size < 1:
+      raise StarbucksError(f"batch_size must be at least 1, got {self.batch_size}")
+    if self.grad_accum_steps < 1:
+      raise StarbucksError(f"grad_accum_steps must be at least 1, got {self.grad_accum_steps}")
+    if self.num_steps is None and not (self.num_epochs > 0 and math.isfinite(self.num_epochs)):
+      raise StarbucksError(f"num_epochs must be positive, got {self.num_epochs}")
+    if self.num_steps is not None and self.num_steps < 1:
+      raise StarbucksError(f"num_steps must be at least 1, got {self.num_steps}")
+    if self.log_every_steps < 1:
+      raise StarbucksError(f"log_every_steps must be at least 1, got {self.log_every_steps}")
+
+  def total_steps(self, steps_per_epoch: int | None) -> int:
+    """num_steps, or num_epochs of `steps_per_epoch` (None: the data's length is unknown)."""
+    if self.num_steps is not None:
+      return self.num_steps
+    if steps_per_epoch is None:
+      raise StarbucksError("the data's length is unknown (a stream whose size the hub does not report): "
+                           "set --config.num_steps")
+    return max(1, int(round(self.num_epochs * steps_per_epoch)))

@@ -1,0 +1,84 @@
+"""`python -m starbucks_jax.train --config ... --dry_run`: compile the training step for the configured
+mesh without running it, and print what each device must hold.
+
+The step is lowered with abstract arguments (shapes, dtypes and the run's shardings, so nothing is
+placed on a device) for the longest batch the data can give, and compiled by XLA for the backend at
+hand. Parameter and optimizer-state bytes per device follow from the sharding rules; activation bytes
+are XLA's temporaries of the compiled step. With `--cpu_devices N` a pod's mesh can be compiled on a
+workstation; the figures are then the CPU backend's. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+
+from starbucks_jax.runtime import sharding
+from starbucks_jax.training import step as train_step, tasks
+from starbucks_jax.training.loop import build
+
+
+def dry_run(config_dict) -> dict:
+  """Compiles the step for the configured mesh without running it; prints memory per device."""
+  config = tasks.read_config(config_dict)
+  run = build(config)
+  abstract = lambda tree, shardings: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  state = abstract(jax.eval_shape(functools.partial(train_step.init_state, tx=run.tx, seed=config.seed),
+                                  run.params), run.state_shardings)
+  run.setup.data.fixed_lengths = True  # the longest batch the run can meet: padded to the max lengths
+  local_batch = run.setup.data.batch(0)
+  rows = sharding.batch_sharding(run.mesh)
+  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=rows)
+           for k, v in local_batch.items()}
+  started = time.perf_counter()
+  compiled = run.step_fn.lower(state, batch).compile()
+  report = _report(compiled, time.perf_counter() - started, run, state, local_batch)
+  if jax.process_index() == 0:
+    print(format_dry_run(report, config, jax.devices()[0].platform))
+  return report
+
+
+def _report(compiled, compile_seconds: float, run, state, local_batch) -> dict:
+  """Bytes per device (parameters and optimizer state from their shardings, activations from XLA)."""
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = {
+      "devices": int(run.mesh.devices.size),
+      "mesh": {axis: int(size) for axis, size in run.mesh.shape.items()},
+      "parameters_bytes": sharding.bytes_per_device(state.params, run.state_shardings.params),
+      "optimizer_state_bytes": sharding.bytes_per_device(state.opt_state, run.state_shardings.opt_state),
+      "batch_bytes": sum(v.size * v.dtype.itemsize for v in local_batch.values()) // jax.local_device_count(),
+      "activations_bytes": int(memory.temp_size_in_bytes),  # XLA's temporaries: activations, gradients
+      "total_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                         + memory.temp_size_in_bytes),
+      "gflops_per_device": float(cost.get("flops", 0.0)) / 1e9 if cost else None,
+      "compile_seconds": compile_seconds,
+  }
+  stats = jax.local_devices()[0].memory_stats() or {}
+  report["device_limit_bytes"] = stats.get("bytes_limit")
+  return report
+
+
+def format_dry_run(report: dict, config, platform: str) -> str:
+  def gib(n):  # the largest unit that keeps the figure at least 1
+    unit = next((u for u, size in (("GiB", 2**30), ("MiB", 2**20)) if n >= size), "KiB")
+    return f"{n / {'GiB': 2**30, 'MiB': 2**20, 'KiB': 2**10}[unit]:9.3f} {unit}"
+  mesh = " x ".join(f"{axis}={size}" for axis, size in report["mesh"].items())
+  lines = [f"dry run: {config.task} step, batch {config.batch_size} x {config.grad_accum_steps} accumulation, "
+           f"mesh {mesh} on {report['devices']} {platform} device(s), compiled in {report['compile_seconds']:.1f} s",
+           "memory per device:",
+           f"  parameters        {gib(report['parameters_bytes'])}",
+           f"  optimizer state   {gib(report['optimizer_state_bytes'])}",
+           f"  batch             {gib(report['batch_bytes'])}",
+           f"  activations       {gib(report['activations_bytes'])}  (XLA temporaries of the step)",
+           f"  total             {gib(report['total_bytes'])}"]
+  if report["device_limit_bytes"]:
+    fits = report["total_bytes"] <= report["device_limit_bytes"]
+    lines.append(f"  device limit      {gib(report['device_limit_bytes'])}  ({'fits' if fits else 'DOES NOT FIT'})")
+  if report["gflops_per_device"]:
+    lines.append(f"compute: {report['gflops_per_device']:.1f} GFLOP per device per step")
+  return "\n".join(lines)

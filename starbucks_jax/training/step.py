@@ -1,0 +1,86 @@
+"""The training step: a pure function of (state, batch, rng), jitted once with the state donated.
+
+What the step computes comes from its settings, a static argument that the task provides
+(`tasks/srl.py` SrlStepSettings, `tasks/smae.py` SmaeStepSettings): `loss(params, batch, rng)` gives
+(loss, metrics) from the model's forward pass, `rows(batch)` the examples in a batch, and
+`grad_accum_steps` the micro-batches a step is split into. A step whose loss or gradients are not finite
+leaves parameters and optimizer state untouched and is counted in `skipped_steps`, as the paper's
+trainers do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array           # int32: steps taken, including skipped ones
+  params: Any
+  opt_state: Any
+  rng: jax.Array            # the run's root key; step s uses fold_in(rng, s)
+  skipped_steps: jax.Array  # int32: steps whose loss or gradients were not finite
+
+
+def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key(seed), skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def _micro_batches(batch: dict, count: int, queries: int) -> dict:
+  """[rows, ...] -> [count, rows / count, ...], keeping each query's passages with it.
+
+  Micro-batch k takes rows k, k + count, k + 2 count, ...: a strided split keeps every device's share
+  of each micro-batch on that device, where a contiguous split would move data between devices.
+  `queries` is the number of examples; an array of G x queries rows holds G rows per example.
+  """
+
+  def split(x):
+    group = x.shape[0] // queries  # passages per query (1 for query-side arrays and labels)
+    x = x.reshape((queries // count, count, group) + x.shape[1:])
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape((count, (queries // count) * group) + x.shape[3:])
+
+  return {k: split(v) for k, v in batch.items()}
+
+
+def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation, settings):
+  """One optimizer step; returns (new state, metrics). `settings`: the task's step settings (see above)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  grad_fn = jax.value_and_grad(settings.loss, has_aux=True)
+
+  if settings.grad_accum_steps == 1:
+    (loss, metrics), grads = grad_fn(state.params, batch, rng)
+  else:
+    count = settings.grad_accum_steps
+    micro_batches = _micro_batches(batch, count, settings.rows(batch))
+
+    def accumulate(carry, micro):
+      index, micro_batch = micro
+      (loss, metrics), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+      return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro_batches), rng)))
+    (loss, metrics), grads = zeros
+    (loss, metrics, grads), _ = jax.lax.scan(accumulate, (loss, metrics, grads),
+                                             (jnp.arange(count), micro_batches))
+    loss, metrics, grads = jax.tree.map(lambda x: x / count, (loss, metrics, grads))
+
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep_if_finite(new_params, state.params),
+      opt_state=keep_if_finite(new_opt_state, state.opt_state),
+      skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32))
+  metrics = {"loss": loss, "grad_norm": grad_norm, **metrics}
+  return new_state, metrics

@@ -1,0 +1,172 @@
+"""The SRL task: Starbucks Representation Learning, fine-tuning on queries and passages.
+
+Its config blocks are `data` (`data/srl.py` DataConfig: pairs, triplets, scored pairs or Tevatron
+groups) and `starbucks` (`StarbucksConfig`: the schedule of (layer, dim) pairs, the objective, the KL).
+Its step runs the encoder once per side (queries and passages; once for both when they are padded
+alike), pools every layer the loss reads, and hands those vectors to `losses/srl.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from starbucks_jax.data.srl import DataConfig, TrainData
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.hf.load import load_tokenizer
+from starbucks_jax.losses.mse2d import st_2dmse_layers
+from starbucks_jax.losses.objectives import get_objective
+from starbucks_jax.losses.srl import srl_loss
+from starbucks_jax.losses.srl_spec import SrlLossSpec
+from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.registry import family_of
+from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
+from starbucks_jax.training.config import DTYPES, TrainConfig
+from starbucks_jax.training.tasks.base import RunSetup, Task, load_start_params, uses_dropout
+
+
+# The loss spec's own defaults, so that each is written once (`losses/srl_spec.py`).
+_SPEC = {field.name: field.default for field in dataclasses.fields(SrlLossSpec)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StarbucksConfig:
+  """The SRL loss (`config.starbucks`); `losses/srl.py` documents each mode, `losses/srl_spec.py` each
+  field and its default.
+
+  Attributes:
+    mode: "starbucks" | "2dmse" | "grid" | "separate".
+    pairs: starbucks and separate (one pair): the trained pairs; 2dmse: the logged pairs. Default: the
+      paper's BERT-base list.
+    layers: grid: its layers; 2dmse: the prior-layer candidates (empty: 0..L-1, as in sentence-transformers).
+    dims: grid: its dims; 2dmse: the Matryoshka dims (empty: the dims of `pairs`).
+    objective: "mnrl" (in-batch negatives) | "cosent" (scored pairs) | any registered objective.
+    similarity: "cosine" (x scale) | "dot" (/ temperature).
+    normalize: L2-normalise after the cut (dot similarity; cosine always does).
+    pair_weights: one weight per trained pair; None: every pair weighs 1.
+    kl: "scores" (the paper's retrieval form) | "embeddings" (the paper's STS form) | "none".
+  """
+  mode: str = _SPEC["mode"]
+  pairs: tuple = dataclasses.field(default=BERT_BASE_PAIRS, metadata={"parse": parse_pairs})
+  layers: tuple[int, ...] = _SPEC["layers"]
+  dims: tuple[int, ...] = _SPEC["dims"]
+  objective: str = _SPEC["objective"]
+  similarity: str = _SPEC["similarity"]
+  scale: float = _SPEC["scale"]
+  temperature: float = _SPEC["temperature"]
+  normalize: bool = _SPEC["normalize"]
+  pair_weights: tuple[float, ...] | None = _SPEC["pair_weights"]
+  kl: str = _SPEC["kl"]
+  kl_weight: float = _SPEC["kl_weight"]
+  kl_temperature: float = _SPEC["kl_temperature"]
+  embedding_kl_scale: float = _SPEC["embedding_kl_scale"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SrlStepSettings:
+  """Everything static about an SRL step (hashable, so it can be a static jit argument)."""
+  model_config: EncoderConfig
+  spec: SrlLossSpec
+  pooling: str = "mean"
+  dtype: str = "float32"
+  remat: bool = False
+  grad_accum_steps: int = 1
+
+  @property
+  def uses_dropout(self) -> bool:
+    return uses_dropout(self.model_config)
+
+  def loss(self, params, batch: dict, rng: jax.Array):
+    return compute_loss(params, batch, rng, self)
+
+  def rows(self, batch: dict) -> int:
+    """Examples (queries) in the batch; passage arrays hold a whole number of rows per query."""
+    return batch["query_input_ids"].shape[0]
+
+
+def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings):
+  """(loss, metrics) for one batch; `metrics` holds each pair's loss.
+
+  When queries and passages are padded to the same length they go through the encoder together, in
+  one forward pass (one traced encoder: half the compile time); otherwise each side gets its own.
+  """
+  spec, dtype = settings.spec, DTYPES[settings.dtype]
+  family = family_of(settings.model_config)
+  dropout_rng, loss_rng = jax.random.split(rng)
+
+  def pooled(input_ids, attention_mask, dropout_rng):
+    out = family.apply(params, input_ids, attention_mask, config=settings.model_config,
+                       num_layers=spec.forward_layers(), dtype=dtype, deterministic=not settings.uses_dropout,
+                       dropout_rng=dropout_rng, remat=settings.remat)
+    return {n: out.pooled(n, settings.pooling) for n in spec.pooled_layers()}
+
+  queries = batch["query_input_ids"].shape[0]
+  if batch["query_input_ids"].shape[1] == batch["passage_input_ids"].shape[1]:
+    both = pooled(jnp.concatenate([batch["query_input_ids"], batch["passage_input_ids"]]),
+                  jnp.concatenate([batch["query_attention_mask"], batch["passage_attention_mask"]]), dropout_rng)
+    query = {n: v[:queries] for n, v in both.items()}
+    passage = {n: v[queries:] for n, v in both.items()}
+  else:
+    query_rng, passage_rng = jax.random.split(dropout_rng)
+    query = pooled(batch["query_input_ids"], batch["query_attention_mask"], query_rng)
+    passage = pooled(batch["passage_input_ids"], batch["passage_attention_mask"], passage_rng)
+  return srl_loss(query, passage, batch.get("labels"), spec, loss_rng)
+
+
+def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSpec:
+  """The loss spec for a `starbucks` block; each mode gets only the fields it reads."""
+  fields = dict(mode=s.mode, objective=s.objective, similarity=s.similarity, scale=s.scale,
+                temperature=s.temperature, normalize=s.normalize, pair_weights=s.pair_weights,
+                num_model_layers=model_config.num_hidden_layers, hidden_size=model_config.hidden_size)
+  if s.mode in ("starbucks", "grid"):
+    fields.update(kl=s.kl, kl_weight=s.kl_weight, kl_temperature=s.kl_temperature,
+                  embedding_kl_scale=s.embedding_kl_scale)
+  if s.mode in ("starbucks", "separate", "2dmse"):
+    fields["pairs"] = s.pairs
+  if s.mode == "grid":
+    fields.update(layers=s.layers, dims=s.dims)
+  if s.mode == "2dmse":
+    fields.update(layers=s.layers or st_2dmse_layers(model_config.num_hidden_layers),
+                  dims=s.dims or tuple(sorted({d for _, d in s.pairs})))
+  return SrlLossSpec(**fields)  # validates
+
+
+def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
+  spec = make_loss_spec(config.loss, model_config)
+  if spec.mode == "separate":  # the model is cut to the pair's layer count and trained as that
+    model_config = model_config.replace(num_hidden_layers=spec.pairs[0][0])
+  tokenizer = load_tokenizer(source.model_dir)
+  data = TrainData(config.data, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
+                   process_index=jax.process_index(), process_count=jax.process_count())
+  objective = get_objective(spec.objective)
+  if objective.scored != (data.schema.score is not None):
+    raise StarbucksError(f"objective {spec.objective!r} does not fit {data.kind} data ({spec.objective} needs "
+                         f"{'scored pairs' if objective.scored else 'pairs, triplets or retrieval groups'})")
+  spec = dataclasses.replace(spec, group_size=data.group_size)  # validates again
+  settings = SrlStepSettings(model_config=model_config, spec=spec, pooling=config.model.pooling,
+                             dtype=config.model.dtype, remat=config.model.remat,
+                             grad_accum_steps=config.grad_accum_steps)
+
+  def load_params() -> dict:
+    params = load_start_params(source)
+    for part in ("mlm_head", "mae_decoder"):  # pre-training parts; SRL trains the encoder only
+      params.pop(part, None)
+    if spec.mode == "separate":
+      params["encoder"] = family_of(model_config).keep_layers(params["encoder"], model_config.num_hidden_layers)
+    return params
+
+  return RunSetup(
+      model_dir=source.model_dir, model_config=model_config, tokenizer=tokenizer, data=data,
+      total_steps=config.total_steps(data.steps_per_epoch), settings=settings, trainable=("encoder",),
+      log_pairs=spec.log_pairs(),
+      model_settings={"pooling": config.model.pooling,
+                      "max_seq_length": max(config.data.query_max_length, config.data.passage_max_length),
+                      "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers},
+      description=f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch",
+      load_params=load_params)
+
+
+TASK = Task(name="srl", data_config=DataConfig, loss_key="starbucks", loss_config=StarbucksConfig, defaults={},
+            prepare=prepare)

@@ -1,0 +1,89 @@
+"""Shared test helpers: tiny random BERT folders made by transformers, batches, and short training runs."""
+
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def tiny_hf_config(**overrides):
+  import transformers
+  values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-7)
+  values.update(overrides)
+  return transformers.BertConfig(**values)
+
+
+def randomize(model, seed: int = 0):
+  """Fills every tensor (LayerNorm too) with noise, so a swapped or misnamed tensor cannot go unseen."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+  return model.eval()
+
+
+def save_with_tokenizer(model, folder: Path, minilm: Path) -> Path:
+  import shutil
+  model.save_pretrained(str(folder))
+  for name in TOKENIZER_FILES:
+    shutil.copyfile(minilm / name, folder / name)
+  return folder
+
+
+def mlm_logits(head_params: dict, word_embeddings, hidden, *, layer_norm_eps: float):
+  """Our MLM head's [..., vocab] logits of hidden states: the head transform, then the tied decoder."""
+  from starbucks_jax.model.mlm_head import head_transform, vocab_logits
+  return vocab_logits(head_params, word_embeddings, head_transform(head_params, hidden, layer_norm_eps=layer_norm_eps))
+
+
+def padded_batch(tokenizer, texts, max_length=64):
+  enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+  return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32), \
+      enc["token_type_ids"].astype(np.int32)
+
+
+def set_values(config, changes: dict):
+  """Sets dotted keys ("optimizer.lr") of an ml_collections config; returns it."""
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def tiny_run(config, model_dir, changes: dict):
+  """The settings every short end-to-end run of the tiny model shares (8 examples, 6 steps, checkpoints
+  at 3 and 6, one device), then `changes`."""
+  config.model.name = str(model_dir)
+  config.data.max_examples = 64
+  config.batch_size = 8
+  config.num_steps = 6
+  config.optimizer.lr = 1e-3
+  config.optimizer.warmup_steps = 1
+  config.checkpoint.every_steps = 3
+  config.log_every_steps = 1
+  config.progress_bar = False
+  config.mesh.data = 1
+  return set_values(config, changes)
+
+
+def tiny_config(model_dir, **changes):
+  """SRL on the shipped SNLI triplets at 32 tokens, pairs (1,8) (2,16) (4,32) of the tiny model: `tiny_run`."""
+  from starbucks_jax.training.defaults import base_config
+  c = base_config()
+  c.data.source = str(REPO / "data" / "quickstart" / "snli_triplets.jsonl")
+  c.data.query_max_length = 32
+  c.data.passage_max_length = 32
+  c.starbucks.pairs = ((1, 8), (2, 16), (4, 32))
+  return tiny_run(c, model_dir, changes)
+
+
+def run_train(config, workdir):
+  from starbucks_jax.training.loop import train
+  return train(config, Path(workdir))

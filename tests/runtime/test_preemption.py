@@ -1,0 +1,151 @@
+"""Survival: kill -9 at a random step and restart (bit-identical to an uninterrupted run), SIGTERM
+(checkpoint at the current step, exit 0, resume), and damaged checkpoints (fall back to the previous one,
+or stop with a message naming the file). Each run is the real `python -m starbucks_jax.train` on a tiny
+random BERT, CPU, float32."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO
+STEPS, EVERY = 10, 4
+
+
+def command(workdir, model_dir, num_steps=STEPS):
+  overrides = [f"--config.model.name={model_dir}", "--config.data.max_examples=96", "--config.batch_size=8",
+               f"--config.num_steps={num_steps}", f"--config.checkpoint.every_steps={EVERY}",
+               "--config.log_every_steps=1", "--config.starbucks.pairs=((1,8),(2,16),(4,32))",
+               "--config.data.query_max_length=32", "--config.data.passage_max_length=32", "--config.mesh.data=1",
+               "--config.progress_bar=False", "--config.optimizer.lr=1e-3", "--config.eval.sts=()",
+               "--config.tensorboard=False"]
+  return [sys.executable, "-m", "starbucks_jax.train", "--config", str(REPO / "configs" / "quickstart.py"),
+          "--workdir", str(workdir)] + overrides
+
+
+def train(workdir, model_dir, **env):
+  return subprocess.run(command(workdir, model_dir), env=dict(os.environ, **env), capture_output=True, text=True,
+                        timeout=600)
+
+
+def final_state(workdir):
+  """Parameters and optimizer state of the newest checkpoint, as flat numpy arrays."""
+  import jax
+  import orbax.checkpoint as ocp
+  from starbucks_jax.runtime import checkpoints
+  step = checkpoints.saved_steps(workdir)[-1]
+  arrays = {}
+  for item in ("params", "opt_state"):
+    path = checkpoints.step_dir(workdir, step) / item
+    restored = ocp.StandardCheckpointer().restore(path)
+    arrays.update({f"{item}{jax.tree_util.keystr(k)}": np.asarray(v)
+                   for k, v in jax.tree_util.tree_leaves_with_path(restored)})
+  return step, arrays
+
+
+def assert_bit_identical(workdir_a, workdir_b):
+  step_a, a = final_state(workdir_a)
+  step_b, b = final_state(workdir_b)
+  assert step_a == step_b == STEPS
+  assert a.keys() == b.keys() and len(a) > 50
+  different = [k for k in a if not np.array_equal(a[k], b[k])]
+  assert not different, different[:5]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("whole") / "run"
+  out = train(workdir, tiny_dir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
+
+
+def test_kill_at_a_random_step_then_restart_is_bit_identical(whole_run, tiny_dir, tmp_path):
+  kill_at = random.randrange(EVERY + 1, STEPS)  # after the first checkpoint, before the end
+  killed = train(tmp_path, tiny_dir, STARBUCKS_FAULT_KILL_AT_STEP=str(kill_at))
+  assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+  assert not (tmp_path / "export").exists()
+  resumed = train(tmp_path, tiny_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  checkpoint = kill_at // EVERY * EVERY
+  assert f"resuming from the checkpoint at step {checkpoint}" in resumed.stderr, (kill_at, resumed.stderr[-2000:])
+  assert_bit_identical(tmp_path, whole_run)
+
+  from starbucks_jax.runtime.metrics import read_metrics
+  drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+  assert drop_timing(read_metrics(tmp_path)) == drop_timing(read_metrics(whole_run))
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero_then_resumes(whole_run, tiny_dir, tmp_path):
+  from starbucks_jax.runtime import checkpoints
+  from starbucks_jax.runtime.metrics import read_metrics
+  # Steps of the tiny model take milliseconds; a sleep at each step's end gives the signal a step to land in.
+  process = subprocess.Popen(command(tmp_path, tiny_dir), env=dict(os.environ, STARBUCKS_FAULT_STEP_SLEEP="0.5"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while len(read_metrics(tmp_path)) < 2:  # training is under way (the handler is installed before step 1)
+    assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+    time.sleep(0.1)
+  signalled = time.time()
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  took = time.time() - signalled
+  assert process.returncode == 0, stderr[-3000:]
+  assert took < 60, took
+  last_logged = read_metrics(tmp_path)[-1]["step"]
+  assert checkpoints.saved_steps(tmp_path)[-1] == last_logged < STEPS, (checkpoints.saved_steps(tmp_path), last_logged)
+  assert f"preempted: saved the checkpoint at step {last_logged} of {STEPS}" in stderr
+  assert not (tmp_path / "export").exists()
+
+  resumed = train(tmp_path, tiny_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resuming from the checkpoint at step {last_logged}" in resumed.stderr
+  assert (tmp_path / "export" / "model.safetensors").is_file()
+  assert_bit_identical(tmp_path, whole_run)
+
+
+def test_damaged_newest_checkpoint_falls_back_or_is_named(whole_run, tiny_dir, tmp_path):
+  from starbucks_jax.runtime import checkpoints
+  killed = train(tmp_path / "run", tiny_dir, STARBUCKS_FAULT_KILL_AT_STEP="9")  # checkpoints at 4 and 8
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert checkpoints.saved_steps(tmp_path / "run") == [4, 8]
+
+  # Only one checkpoint, with a file deleted: a clear error naming the file, and nothing is removed.
+  alone = tmp_path / "alone"
+  shutil.copytree(tmp_path / "run", alone)
+  shutil.rmtree(alone / "checkpoints" / "8")
+  missing = next(p for p in sorted((alone / "checkpoints" / "4" / "opt_state").rglob("*")) if p.is_file()
+                 and p.parent.name == "d")
+  missing.unlink()
+  out = train(alone, tiny_dir)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert f"checkpoint file {missing} is missing" in out.stderr
+  assert "no older checkpoint to resume from" in out.stderr
+  assert checkpoints.saved_steps(alone) == [4]
+
+  # The newest of two truncated: a warning naming the file, the step set aside, resumed from the one
+  # before, and the run still ends exactly where an uninterrupted one does.
+  data_files = [p for p in (tmp_path / "run" / "checkpoints" / "8" / "params").rglob("*")
+                if p.is_file() and p.parent.name == "d"]
+  damaged = max(data_files, key=lambda p: p.stat().st_size)
+  damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+  out = train(tmp_path / "run", tiny_dir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"checkpoint file {damaged} has" in out.stderr and "resuming from the checkpoint at step 4" in out.stderr
+  assert (tmp_path / "run" / "damaged_checkpoints" / "8").is_dir()  # kept for inspection, not deleted
+  assert_bit_identical(tmp_path / "run", whole_run)
+
+
+def test_checkpoint_interrupted_mid_write_is_never_resumed(tiny_dir, tmp_path):
+  """Orbax writes a step under a temporary name and renames it when complete: a leftover temporary
+  folder (a save cut short) is not a checkpoint."""
+  from starbucks_jax.runtime import checkpoints
+  manager = checkpoints.RunCheckpoints(tmp_path, every_steps=1, keep=3, async_save=False)
+  (tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1234").mkdir(parents=True)
+  assert manager.manager.latest_step() is None and checkpoints.saved_steps(tmp_path) == []
