@@ -133,8 +133,11 @@ def resolve(name_or_path, *, step: int | None = None, what: str = "model") -> Mo
   a hub name. `what` names the setting in messages ("init_from", "--model")."""
   path = Path(name_or_path).expanduser()
   if is_workdir(path):
-    if not checkpoints.saved_steps(path):
+    steps = checkpoints.saved_steps(path)
+    if not steps:
       raise StarbucksError(f"{what} {path} is a training workdir without checkpoints")
+    if step is not None and step not in steps:
+      raise StarbucksError(f"{path} has no checkpoint at step {step}; saved steps: {', '.join(map(str, steps))}")
     return ModelSource(path / MODEL_DIR, path, step)
   if step is not None:
     raise StarbucksError(f"a step ({step}) applies to a training workdir, and {name_or_path} is not one "

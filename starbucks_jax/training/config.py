@@ -131,6 +131,7 @@ class TrainConfig:
     seed: fixes the data order, the masks, dropout and any fresh initialisation.
     init_from: start from a training workdir's newest checkpoint or an exported folder (an SMAE run's
       output into SRL, say) instead of model.name's weights; its config and tokenizer are used too.
+    init_from_step: with a workdir in init_from: start from its checkpoint at this step instead.
     batch_size: global: examples per step over all devices and hosts.
     grad_accum_steps: micro-batches per step (contrastive negatives come from within a micro-batch).
     num_epochs: the run's length, unless num_steps is set.
@@ -141,6 +142,7 @@ class TrainConfig:
   task: str = "srl"
   seed: int = 0
   init_from: str | None = None
+  init_from_step: int | None = None
   model: ModelOptions = dataclasses.field(default_factory=ModelOptions)
   batch_size: int = 128
   grad_accum_steps: int = 1
@@ -158,6 +160,8 @@ class TrainConfig:
   loss: Any = dataclasses.field(default=None, metadata=_TASK_BLOCK)
 
   def __post_init__(self):
+    if self.init_from_step is not None and not self.init_from:
+      raise StarbucksError("init_from_step needs init_from (a training workdir)")
     if self.seed < 0:
       raise StarbucksError(f"seed must be a non-negative integer, got {self.seed}")
     if self.batch_size < 1:

@@ -109,6 +109,20 @@ def test_srl_starts_from_an_smae_workdir_or_its_export(smae_run, tiny_dir, tmp_p
   assert np.isfinite(result["metrics"]["loss"]) and "loss/n4_d32" in result["metrics"]
 
 
+def test_init_from_a_workdir_at_a_step(smae_run, tiny_dir):
+  import jax
+  from starbucks_jax.runtime.checkpoints import restore_params
+  from starbucks_jax.training import tasks
+  workdir, _ = smae_run
+  at_3, _ = restore_params(workdir, 3)
+  params = tasks.prepare(tasks.read_config(tiny_config(tiny_dir, init_from=str(workdir), init_from_step=3))).load_params()
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params["encoder"]), jax.tree.leaves(at_3["encoder"])))
+  with pytest.raises(StarbucksError, match="no checkpoint at step 4; saved steps: 3, 6"):
+    tasks.prepare(tasks.read_config(tiny_config(tiny_dir, init_from=str(workdir), init_from_step=4)))
+  with pytest.raises(StarbucksError, match="init_from_step needs init_from"):
+    tasks.read_config(tiny_config(tiny_dir, init_from_step=3))
+
+
 def test_smae_continues_from_an_smae_workdir_with_its_decoder(smae_run, tiny_dir):
   import jax
   from starbucks_jax.runtime.checkpoints import restore_params

@@ -6,8 +6,9 @@ forward pass and the loss), which parts of the parameter tree train, and what an
 `prepare` gives the loop a `RunSetup`; it checks the config, the model's size and the data, and reads
 no weights and compiles nothing.
 
-Both tasks start from `model.name`, or from `init_from`: a training workdir (its newest checkpoint, its
-`model/` config and tokenizer) or an exported Hugging Face folder (`runtime/workdir.py` resolves either).
+Both tasks start from `model.name`, or from `init_from`: a training workdir (its newest checkpoint, or
+`init_from_step`; its `model/` config and tokenizer) or an exported Hugging Face folder
+(`runtime/workdir.py` resolves either).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Task:
 def model_source(config: TrainConfig) -> workdir.ModelSource:
   """`init_from` (a workdir, a folder or a hub name) when set, else `model.name`."""
   if config.init_from:
-    return workdir.resolve(config.init_from, what="init_from")
+    return workdir.resolve(config.init_from, step=config.init_from_step, what="init_from")
   name = config.model.name
   return workdir.resolve(load.default_model_dir() if name == "minilm" else name, what="model.name")
 
