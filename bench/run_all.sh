@@ -22,4 +22,5 @@ run smae_minilm_bf16 bench/smae_step.py --shape minilm --dtype bfloat16 --varian
 run retrieval_loss bench/retrieval_loss_memory.py --queries 128 --group 8
 python bench/eval_grid_speed.py --repeats 3 2>&1 | grep -v Warning | tee "$out/eval_grid.txt"
 python bench/encode_throughput.py 2>&1 | grep -v -e Warning -e "Loading weights" | tee "$out/encode.txt"
+python bench/checkpoint_checksum.py 2>&1 | grep -v Warning | tee "$out/checkpoint_checksum.txt"
 echo "rows: $out/rows.jsonl"

@@ -7,7 +7,9 @@ the data is `data/quickstart/snli_triplets.jsonl` (5883 SNLI triplets). One epoc
 triplets trains the six pairs (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) with MNRL plus the KL term,
 then exports `runs/quickstart/export`, a sentence-transformers folder.
 
-Expected (2-core CPU): about 5 minutes; every pair's loss in `runs/quickstart/metrics.jsonl` falls.
+Expected (2-core CPU): about 7 minutes (6 min 27 s of training steps, measured 2026-12-01); every pair's
+loss in `runs/quickstart/metrics.jsonl` falls, and the end-of-training STS-B Spearman at (1,16) ...
+(6,384) is 52.44 64.56 71.24 74.71 77.70 83.45.
 Other modes: --config.starbucks.mode=2dmse, or the `separate` baseline:
     --config.starbucks.mode=separate --config.starbucks.pairs="((2,32),)"
 """

@@ -74,7 +74,9 @@ def parse_pair_text(text: str) -> list[Pair]:
 
 
 def pair_problem(layer, dim, num_layers: int, hidden_size: int) -> str | None:
-  """What makes (layer, dim) not a size of a model with `num_layers` layers of `hidden_size` dims, or None."""
+  """What makes (layer, dim) not a size of a model with `num_layers` layers of `hidden_size` dims, or None.
+  Integers of any kind (numpy's too) are accepted; 2.5, "32" or True are not."""
+  layer, dim = _as_int(layer), _as_int(dim)
   if not _is_int(layer) or not _is_int(dim):
     return f"layer and dim must be integers, got layer={layer!r}, dim={dim!r}"
   if not 1 <= layer <= num_layers:

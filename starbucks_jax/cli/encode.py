@@ -30,17 +30,26 @@ def parse_args(argv):
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
   p.add_argument("--input", required=True, help="text file, one text per line")
-  p.add_argument("--output", required=True, help="where to write the .npy array")
+  p.add_argument("--output", required=True, help="the file to write the array to, in .npy format")
   return p.parse_args(argv)
 
 
 def read_texts(path: str) -> list[str]:
+  """The file's lines; a missing, empty, blank or non-UTF-8 file is an error naming it."""
+  from starbucks_jax.data.checks import utf8_problem
   file = Path(path)
+  if file.is_dir():
+    raise StarbucksError(f"input {path} is a folder; give a text file, one text per line")
   if not file.is_file():
     raise StarbucksError(f"input file {path} does not exist")
+  problem = utf8_problem(file)
+  if problem:
+    raise StarbucksError(f"input file {path}, {problem}")
   texts = file.read_text(encoding="utf-8").splitlines()
   if not texts:
     raise StarbucksError(f"input file {path} is empty")
+  if not any(text.strip() for text in texts):
+    raise StarbucksError(f"input file {path} has only blank lines")
   return texts
 
 
@@ -49,6 +58,8 @@ def main(argv=None) -> None:
   if args.max_length is not None and args.max_length < 2:
     raise StarbucksError(f"--max-length must be at least 2, got {args.max_length}")
   texts = read_texts(args.input)
+  from starbucks_jax.runtime import outputs
+  output = outputs.check_file_output(args.output)
   from starbucks_jax.hf.load import default_model_dir
   from starbucks_jax.pairs import check_pair
   from starbucks_jax.runtime import workdir
@@ -66,9 +77,8 @@ def main(argv=None) -> None:
                                 dtype=jnp.dtype(args.dtype))
   vectors = enc.encode(texts, layer=layer, dim=dim, pooling=args.pooling, normalize=args.normalize,
                        batch_size=args.batch_size)
-  Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-  np.save(args.output, vectors)
-  print(f"wrote {args.output}: {vectors.shape[0]} texts x {vectors.shape[1]} dims "
+  outputs.write_file(output, lambda f: np.save(f, vectors))  # to exactly that path: no ".npy" is added
+  print(f"wrote {output}: {vectors.shape[0]} texts x {vectors.shape[1]} dims "
         f"(layer {layer}, {args.pooling or enc.default_pooling} pooling{', normalised' if args.normalize else ''})")
 
 

@@ -68,9 +68,11 @@ def main(argv=None) -> None:
     value = getattr(args, flag)
     if value is not None and value < (2 if "length" in flag else 1):
       raise StarbucksError(f"--{flag.replace('_', '-')} must be at least {2 if 'length' in flag else 1}, got {value}")
-  output = Path(args.output)
-  if output.is_dir():
-    raise StarbucksError(f"output {output} is a folder; give a file name such as {output / 'results.json'}")
+  from starbucks_jax.runtime import outputs
+  if Path(args.output).is_dir():
+    raise StarbucksError(f"output {args.output} is a folder; give a file name such as "
+                         f"{Path(args.output) / 'results.json'}")
+  output = outputs.check_file_output(args.output)
 
   from starbucks_jax import pairs as pairs_lib
   from starbucks_jax.hf.load import default_model_dir
@@ -89,6 +91,7 @@ def main(argv=None) -> None:
 
 def _evaluate(source, paths, pairs, options, dtype: str, output: Path, num_layers: int) -> None:
   import jax.numpy as jnp
+  from starbucks_jax.runtime import outputs
   from starbucks_jax.evaluation import report
   from starbucks_jax.evaluation.run import evaluate_encoder, load_sets
   from starbucks_jax.inference.encoder import Encoder
@@ -96,11 +99,13 @@ def _evaluate(source, paths, pairs, options, dtype: str, output: Path, num_layer
   encoder = Encoder.from_pretrained(source.name, step=source.step, max_length=options.max_length,
                                     dtype=jnp.dtype(dtype))
   results = evaluate_encoder(encoder, sets, pairs=pairs, options=options)
-  output.parent.mkdir(parents=True, exist_ok=True)
   report.write_results(results, output)
   print(report.markdown_table(results))
-  for path in report.write_heatmaps(results, output, num_layers):
-    print(f"wrote {path}")
+  try:
+    for path in report.write_heatmaps(results, output, num_layers):
+      print(f"wrote {path}")
+  except OSError as e:
+    raise StarbucksError(f"cannot write the heatmaps beside {output}: {outputs.os_problem(e)}") from None
   print(f"wrote {output}")
 
 

@@ -9,8 +9,8 @@ the workdir's `model/` folder describes the model, and the run's pooling, max le
 come with it. An SMAE pre-training run exports as `BertForMaskedLM`, MLM head included.
 
 With `--num-layers n` the folder is a standalone n-layer model (a small size of a 2D Matryoshka model).
-The output folder must be new or empty, unless --overwrite is given; it may not be the model's own folder
-or workdir, nor hold it.
+The output folder must be new or empty; --overwrite replaces a previous export (a folder holding only an
+export's files), never anything else: not the model's own folder or workdir, nor a folder holding it.
 """
 
 from __future__ import annotations
@@ -40,17 +40,9 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-  if output.exists() and not output.is_dir():
-    raise StarbucksError(f"output {output} exists and is a file, not a folder")
-  if output.exists() and any(output.iterdir()) and not overwrite:
-    raise StarbucksError(f"output {output} exists and is not an empty folder (pass --overwrite to replace it)")
-
-
 def main(argv=None) -> None:
   args = parse_args(argv)
   output = Path(args.output)
-  _check_output(output, args.overwrite)
   from starbucks_jax.runtime import workdir
   if args.workdir:
     if not Path(args.workdir).is_dir():
@@ -62,10 +54,8 @@ def main(argv=None) -> None:
   if source.workdir and (args.pooling or args.max_seq_length or args.normalize or args.with_mlm_head):
     raise StarbucksError("with a workdir, pooling, max length and normalisation come from the run; "
                          "--pooling, --max-seq-length, --normalize and --with-mlm-head apply to a model folder only")
-  held = source.workdir or source.model_dir
-  if output.exists() and (output.resolve() == held.resolve() or output.resolve() in held.resolve().parents):
-    raise StarbucksError(f"--output {output} is or holds the model being exported ({held}); choose another folder")
-  from starbucks_jax.training.export import export_model
+  from starbucks_jax.training.export import check_export_output, export_model
+  check_export_output(output, overwrite=args.overwrite, source=source)
   export_model(source, output, num_layers=args.num_layers, overwrite=args.overwrite, pooling=args.pooling,
                max_seq_length=args.max_seq_length, normalize=args.normalize, with_mlm_head=args.with_mlm_head)
   config = source.config()

@@ -31,9 +31,12 @@ compiles, and checkpoints already in the workdir are never overwritten by a diff
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from starbucks_jax.errors import StarbucksError, run_cli
@@ -46,9 +49,24 @@ class RunOptions:
   cpu_devices: int | None = None  # simulate this many CPU devices (must be set before JAX starts)
 
 
-def parse_flags(argv) -> tuple:
-  """(config, workdir, RunOptions) from `--config FILE[:ARG] --workdir DIR [--config.key=value ...]
-  [--dry_run] [--cpu_devices N]`."""
+HELP = """usage: python -m starbucks_jax.train --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE ...]
+                                   [--dry_run] [--cpu_devices N]
+
+Trains (or resumes) a 2D Matryoshka embedding model; see configs/ for the config files.
+
+  --config FILE[:ARG]     an ml_collections config file (configs/quickstart.py); ARG goes to its get_config
+  --workdir DIR           checkpoints, metrics, TensorBoard and the export go here; run again to resume
+  --config.KEY=VALUE      override any setting, e.g. --config.optimizer.lr=1e-4 or
+                          --config.starbucks.pairs="((2,32),(4,64))"; every setting and its default:
+                          starbucks_jax/training/config.py says where each block lives
+  --dry_run               compile the training step for the configured mesh, print memory per device, and
+                          stop (nothing is written; --workdir is not needed)
+  --cpu_devices N         run on N simulated CPU devices, e.g. to --dry_run a pod's mesh on a workstation
+  -h, --help              show this message
+"""
+
+
+def _flag_values():
   from absl import flags
   from ml_collections import config_flags
   flag_values = flags.FlagValues()
@@ -58,24 +76,72 @@ def parse_flags(argv) -> tuple:
                     "and activation memory per device, and stop (nothing is written)", flag_values=flag_values)
   flags.DEFINE_integer("cpu_devices", None, "run on this many simulated CPU devices, e.g. to --dry_run a pod's "
                        "mesh on a workstation", flag_values=flag_values)
-  argv = list(argv)
-  for i, arg in enumerate(argv):  # name a missing config file plainly, before absl's longer report
+  return flag_values
+
+
+def _config_file(argv: list[str]) -> Path | None:
+  """The --config file named on the command line (FILE of FILE[:ARG]), or None."""
+  for i, arg in enumerate(argv):
     if arg == "--config" and i + 1 < len(argv):
-      path = argv[i + 1]
-    elif arg.startswith("--config="):
-      path = arg.split("=", 1)[1]
-    else:
-      continue
-    config_file = Path(path.split(":")[0])  # FILE[:ARG]
-    if not config_file.is_file():
-      raise StarbucksError(f"config file {config_file} does not exist")
+      return Path(argv[i + 1].split(":")[0])
+    if arg.startswith("--config="):
+      return Path(arg.split("=", 1)[1].split(":")[0])
+  return None
+
+
+def _problem(e: Exception, argv: list[str]) -> str:
+  """One plain line for an error of absl or ml_collections, whose messages can be reprs of reprs."""
+  text = str(e.args[0]) if e.args and not isinstance(e, SyntaxError) else str(e)
+  for _ in range(3):  # unwrap quoted messages
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      break
+    if not isinstance(value, str):
+      break
+    text = value
+  lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
+  key = (re.fullmatch(r"'?([\w.]+)'?", lines[0])
+         or re.match(r"Unknown command line flag 'config\.([\w.]+)'", lines[0]))
+  if key:  # an override of a key the config does not have: name it as the command line wrote it
+    name = key.group(1)
+    written = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+    name = next((w for w in written if w == name or w.endswith("." + name) or name in w.split(".")), name)
+    hint = " ".join(lines[1:])
+    return f"unknown config key {name}" + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")
+  flag = re.match(r"Unknown command line flag '([\w.]+)'", lines[0])
+  if flag:
+    return f"unknown flag --{flag.group(1)} (python -m starbucks_jax.train --help lists them)"
+  return "bad command line: " + "; ".join(lines)
+
+
+def parse_flags(argv) -> tuple:
+  """(config, workdir, RunOptions) from `--config FILE[:ARG] --workdir DIR [--config.key=value ...]
+  [--dry_run] [--cpu_devices N]`; `-h` / `--help` prints the usage and exits."""
+  from absl import flags
+  argv = list(argv)
+  if "-h" in argv or "--help" in argv:
+    print(HELP)
+    raise SystemExit(0)
+  config_file = _config_file(argv)  # named plainly, before absl's longer report
+  if config_file is not None and not config_file.is_file():
+    raise StarbucksError(f"config file {config_file} does not exist")
+  flag_values = _flag_values()
+  saved_argv, sys.argv = sys.argv, ["starbucks_jax.train"] + argv  # ml_collections finds overrides in sys.argv
   try:
-    flag_values(["starbucks_jax.train"] + argv)
-    config = flag_values.config
-    if config is not None:
-      config.to_dict()  # a config file that failed to load raises only when first used
+    with warnings.catch_warnings():  # ml_collections loads the file with the deprecated load_module()
+      warnings.simplefilter("ignore", DeprecationWarning)
+      flag_values(sys.argv)
+      config = flag_values.config
+      if config is not None:
+        config.to_dict()  # a config file that failed to load raises only when first used
   except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError, SyntaxError) as e:
-    raise StarbucksError(f"bad command line: {' '.join(str(e).split())}") from None
+    raise StarbucksError(_problem(e, argv)) from None
+  finally:
+    sys.argv = saved_argv
+  if config is None and config_file is not None:
+    raise StarbucksError(f"config file {config_file}: get_config() returned None; it must return the "
+                         "ml_collections ConfigDict of the run")
   if config is None:
     raise StarbucksError("--config is required (for example --config configs/quickstart.py)")
   options = RunOptions(dry_run=flag_values.dry_run, cpu_devices=flag_values.cpu_devices)

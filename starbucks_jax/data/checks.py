@@ -10,6 +10,8 @@ kernels do not cover). `plain` and `as_passages` turn TFDS values into the shape
 
 from __future__ import annotations
 
+import codecs
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -18,6 +20,34 @@ import pyarrow.compute as pc
 
 # What a column must hold.
 TEXT, SCORE, PASSAGES, OPTIONAL_PASSAGES = "text", "score", "passages", "optional passages"
+
+
+UTF8_CHUNK = 16 << 20  # bytes decoded at a time
+
+
+def utf8_problem(path: str | Path) -> str | None:
+  """"line N, column C: byte 0xff is not UTF-8" for the first undecodable byte of a text file, else None.
+
+  Read in chunks through an incremental decoder, so a file of any size costs one pass and little memory."""
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  offset = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(UTF8_CHUNK):
+      pending = len(decoder.getstate()[0])  # the last chunk's unfinished character, decoded with this one
+      try:
+        decoder.decode(chunk)
+      except UnicodeDecodeError as e:
+        bad = offset - pending + e.start
+        f.seek(0)
+        head = f.read(max(bad, 0))
+        line, line_start = head.count(b"\n") + 1, head.rfind(b"\n") + 1
+        return f"line {line}, column {bad - line_start + 1}: byte {e.object[e.start]:#04x} is not UTF-8"
+      offset += len(chunk)
+    try:
+      decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+      return "the file ends inside a UTF-8 character"
+  return None
 
 
 def plain(value):

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax.data.checks import (OPTIONAL_PASSAGES, PASSAGES, arrow_check, as_passages, plain, python_check,
-                                      value_problem)
+                                      utf8_problem, value_problem)
 from starbucks_jax.errors import StarbucksError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -176,6 +176,10 @@ def _check_path(path: str, file_builders: Mapping[str, str]) -> str:
   if extension not in file_builders:
     raise StarbucksError(f"{path}: unknown data file extension {extension!r} (expected "
                          f"{', '.join(file_builders)})")
+  if file_builders[extension] != "parquet":  # a text format: Arrow would read bad bytes now, fail later
+    problem = utf8_problem(path)
+    if problem:
+      raise StarbucksError(f"{path}, {problem}")
   return file_builders[extension]
 
 

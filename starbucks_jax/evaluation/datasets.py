@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from starbucks_jax.data.checks import utf8_problem
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,15 @@ def load_sts(path: str | Path, name: str | None = None) -> StsSet:
       scores.append(float(row["score"]))
     except (TypeError, ValueError):
       raise StarbucksError(f"STS file {path}, row {number}: score {row['score']!r} is not a number") from None
+    if not np.isfinite(scores[-1]):
+      raise StarbucksError(f"STS file {path}, row {number}: score {row['score']!r} is not a finite number")
     sentence1.append(str(row["sentence1"]))
     sentence2.append(str(row["sentence2"]))
+  # A rank correlation needs two pairs and two different scores; otherwise every size would score NaN.
+  if len(scores) < 2:
+    raise StarbucksError(f"STS file {path} has {len(scores)} row; a correlation needs at least 2")
+  if min(scores) == max(scores):
+    raise StarbucksError(f"STS file {path}: every score is {scores[0]:g}; a correlation needs different scores")
   return StsSet(name or path.stem, sentence1, sentence2, np.asarray(scores, np.float64))
 
 
@@ -105,14 +113,25 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
                          f"e.g. {absent[0]!r}")
   query_ids = [q for q in all_queries if q in qrels]
 
-  unknown_docs = sum(doc not in seen for judged in qrels.values() for doc in judged)
+  judgements = [doc for judged in qrels.values() for doc in judged]
+  unknown_docs = sum(doc not in seen for doc in judgements)
+  if unknown_docs == len(judgements):  # every metric would be 0 at every size
+    raise StarbucksError(f"{qrels_file}: none of its {len(judgements)} judgement(s) names a passage of "
+                         f"{corpus_file} (e.g. {judgements[0]!r}); are the qrels and the corpus from one data set?")
   if unknown_docs:  # BEIR's own loader keeps such judgements too: they count as relevant, never retrieved
     log.warning("%s: %d judgement(s) name passages absent from the corpus", folder.name, unknown_docs)
   return BeirSet(name or folder.name, corpus_ids, passages, query_ids,
                  [all_queries[q] for q in query_ids], qrels)
 
 
+def _check_text(path: Path) -> None:
+  problem = utf8_problem(path)
+  if problem:
+    raise StarbucksError(f"{path}, {problem}")
+
+
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+  _check_text(path)
   with path.open(encoding="utf-8", newline="") as f:
     reader = csv.reader(f, delimiter="\t")
     header = next(reader, None)
@@ -143,6 +162,7 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
   if not path.is_file():
     raise StarbucksError(f"{path} does not exist")
+  _check_text(path)
   rows = []
   with path.open(encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
@@ -163,8 +183,11 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
 
 def _read_table(path: Path) -> list[dict]:
   """Rows of a .jsonl, .json (a list, or one object per line), .csv or .tsv file, as dicts."""
+  if path.is_dir():
+    raise StarbucksError(f"{path} is a folder, not a file")
   if not path.is_file():
     raise StarbucksError(f"file {path} does not exist")
+  _check_text(path)
   suffix = path.suffix.lower()
   if suffix in (".csv", ".tsv"):
     with path.open(encoding="utf-8", newline="") as f:
@@ -175,7 +198,7 @@ def _read_table(path: Path) -> list[dict]:
       try:
         rows = json.loads(text)
       except json.JSONDecodeError as e:
-        raise StarbucksError(f"{path}: not JSON ({e.msg})") from None
+        raise StarbucksError(f"{path}: not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
       if not all(isinstance(r, dict) for r in rows):
         raise StarbucksError(f"{path}: expected a list of JSON objects")
       return rows

@@ -12,6 +12,7 @@ import numpy as np
 
 from starbucks_jax.evaluation.registry import EVALUATORS
 from starbucks_jax.pairs import metric_name, parse_result_key
+from starbucks_jax.runtime.outputs import write_file
 
 
 def flatten_for_metrics(results: dict) -> dict[str, float]:
@@ -79,10 +80,11 @@ def write_heatmaps(results: dict, output: str | Path, num_layers: int) -> list[P
 
 
 def write_results(results: dict, output: str | Path) -> None:
-  """results.json; a NaN (a constant similarity has no correlation) becomes null."""
+  """results.json, written whole or not at all; a NaN (a constant similarity has no correlation) becomes null."""
   clean = lambda x: {k: clean(v) for k, v in x.items()} if isinstance(x, dict) else (
       x if math.isfinite(x) else None)
-  Path(output).write_text(json.dumps(clean(results), indent=2) + "\n")
+  text = json.dumps(clean(results), indent=2) + "\n"
+  write_file(output, lambda f: f.write(text.encode()), "the results")
 
 
 # --- The command line. ---

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,14 @@ def load_pretrained(name_or_path: str | os.PathLike) -> PretrainedModel:
 
 
 def load_tokenizer(model_dir):
-  from transformers import AutoTokenizer
+  quiet = "transformers" not in sys.modules and "TRANSFORMERS_NO_ADVISORY_WARNINGS" not in os.environ
+  if quiet:  # without torch, importing transformers says "PyTorch was not found": we need its tokenizers only
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+  try:
+    from transformers import AutoTokenizer
+  finally:
+    if quiet:
+      del os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"]
   try:
     return AutoTokenizer.from_pretrained(str(model_dir))
   except Exception as e:

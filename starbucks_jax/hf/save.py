@@ -9,6 +9,7 @@ sentence-transformers files (`modules.json`, `1_Pooling/config.json`, `sentence_
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
   exported_config = config.replace(num_hidden_layers=num_layers)
   _write_json(out / "config.json", exported_config.to_hf_dict(architecture=layout))
   save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+  # safetensors writes its file 0600; give it the mode of the folder's other files (the umask's).
+  os.chmod(out / "model.safetensors", (out / "config.json").stat().st_mode & 0o777)
   for f in tokenizer_files:
     if f.resolve() != (out / f.name).resolve():
       shutil.copyfile(f, out / f.name)

@@ -96,6 +96,7 @@ class Encoder:
     layer = self.config.num_hidden_layers if layer is None else layer
     dim = self.config.hidden_size if dim is None else dim
     check_pair(self.config, layer, dim)
+    layer, dim = int(layer), int(dim)
     pooled = self.encode_layers(texts, layers=(layer,), pooling=pooling, batch_size=batch_size,
                                 max_length=max_length, show_progress=show_progress)[layer]
     return np.asarray(pooling_lib.cut(pooled, dim, normalize), dtype=np.float32)
@@ -107,15 +108,18 @@ class Encoder:
     pooling = pooling or self.default_pooling
     if pooling not in pooling_lib.POOLINGS:
       raise StarbucksError(f"pooling must be one of {', '.join(pooling_lib.POOLINGS)}, got {pooling!r}")
-    layers = tuple(sorted(set(int(n) for n in layers)))
     for n in layers:
       check_pair(self.config, n, 1)
+    layers = tuple(sorted(set(int(n) for n in layers)))
     if batch_size < 1:
       raise StarbucksError(f"batch_size must be at least 1, got {batch_size}")
     max_length = min(max_length or self.max_length, self.config.max_position_embeddings)
     if isinstance(texts, str):
       raise StarbucksError("texts must be a sequence of strings, not one string")
     texts = list(texts)
+    wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+    if wrong is not None:
+      raise StarbucksError(f"texts[{wrong}] is {type(texts[wrong]).__name__} {texts[wrong]!r:.40}, not a string")
     if not texts:
       return {n: np.zeros((0, self.config.hidden_size), np.float32) for n in layers}
 

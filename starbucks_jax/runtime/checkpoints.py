@@ -2,18 +2,22 @@
 written asynchronously, the newest K kept. (The rest of a workdir: `workdir.py`.)
 
 Each checkpoint is committed atomically by Orbax (written under a temporary name, renamed when
-complete), so a half-written step is never listed. Once a save has finished, process 0 records the
-size of every file of it in `<step>/starbucks_files.json`; a restore first checks those files, so a
-truncated or deleted file is reported by name. A damaged newest checkpoint is moved to
-`workdir/damaged_checkpoints/` (kept, not deleted) and the run resumes from the one before it.
+complete), so a half-written step is never listed. Once a save has finished, process 0 records the size
+and the CRC-32 of every file of it in `<step>/starbucks_files.json`, on a background thread (the
+training goes on meanwhile; `wait()` finishes the records). A restore first checks those files, so a
+truncated, deleted or overwritten file (even one whose size did not change) is reported by name. A
+damaged newest checkpoint is moved to `workdir/damaged_checkpoints/` (kept, not deleted) and the run
+resumes from the one before it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 
 import jax
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 FILES_MANIFEST = "starbucks_files.json"
+CRC_CHUNK = 8 << 20  # bytes read at a time while checksumming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,8 @@ class RunCheckpoints:
     self.every_steps = max(every_steps, 1)
     self.workdir = Path(workdir).absolute()
     self._unrecorded: list[int] = []  # saved steps whose file manifest is not written yet
+    self._recorder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint_crc")
+    self._recording: list[concurrent.futures.Future] = []
     # Orbax may save at every step; `save` decides (Orbax alone would also save the very first step).
     options = ocp.CheckpointManagerOptions(save_interval_steps=1, max_to_keep=keep,
                                            enable_async_checkpointing=async_save, create=True)
@@ -111,13 +118,13 @@ class RunCheckpoints:
     return started
 
   def _record_finished(self) -> None:
-    """Writes the file manifest of every save that has finished (waiting for the one in flight)."""
+    """Starts writing the file manifest of every save that has finished (waiting for the one in flight);
+    the files are read and checksummed on a background thread."""
     if not self._unrecorded:
       return
     self.manager.wait_until_finished()
     if jax.process_index() == 0:
-      for step in self._unrecorded:
-        record_files(self.workdir, step)
+      self._recording += [self._recorder.submit(record_files, self.workdir, step) for step in self._unrecorded]
     self._unrecorded = []
 
   def restore(self, step: int, template):
@@ -135,8 +142,12 @@ class RunCheckpoints:
                             rng=rng, skipped_steps=np.int32(meta["skipped_steps"]))
 
   def wait(self) -> None:
+    """Blocks until every save is on disk and its file manifest written."""
     self.manager.wait_until_finished()
     self._record_finished()
+    for future in self._recording:
+      future.result()
+    self._recording = []
 
 
 def _sync(name: str) -> None:
@@ -149,36 +160,52 @@ def step_dir(workdir: str | Path, step: int) -> Path:
   return Path(workdir).absolute() / CHECKPOINT_DIR / str(step)
 
 
+def file_crc32(path: Path) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(CRC_CHUNK):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
 def record_files(workdir: str | Path, step: int) -> None:
-  """Writes `<step>/starbucks_files.json`: the size of every file of a finished checkpoint."""
+  """Writes `<step>/starbucks_files.json`: the size and CRC-32 of every file of a finished checkpoint."""
   directory = step_dir(workdir, step)
-  if not directory.is_dir():  # already removed by Orbax's keep-the-newest-K
+  try:
+    files = {str(f.relative_to(directory)): {"size": f.stat().st_size, "crc32": file_crc32(f)}
+             for f in sorted(directory.rglob("*")) if f.is_file() and f.name != FILES_MANIFEST}
+    staging = directory / (FILES_MANIFEST + ".tmp")
+    staging.write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n")
+    staging.rename(directory / FILES_MANIFEST)
+  except FileNotFoundError:  # removed meanwhile by Orbax's keep-the-newest-K
     return
-  sizes = {str(f.relative_to(directory)): f.stat().st_size for f in sorted(directory.rglob("*"))
-           if f.is_file() and f.name != FILES_MANIFEST}
-  staging = directory / (FILES_MANIFEST + ".tmp")
-  staging.write_text(json.dumps({"step": step, "files": sizes}, indent=1) + "\n")
-  staging.rename(directory / FILES_MANIFEST)
 
 
-def check_files(workdir: str | Path, step: int) -> None:
-  """Raises a StarbucksError naming the first file of checkpoint `step` that is missing or has the wrong
-  size. A checkpoint without a manifest (killed before it was written) is left to Orbax to check."""
+def check_files(workdir: str | Path, step: int, items: tuple[str, ...] | None = None) -> None:
+  """Raises a StarbucksError naming the first file of checkpoint `step` that is missing, has the wrong size
+  or no longer has the CRC-32 recorded when it was saved. `items` ("params", ...) limits the check to
+  those parts. A checkpoint without a manifest (killed before it was written) is left to Orbax to check."""
   directory = step_dir(workdir, step)
   manifest = directory / FILES_MANIFEST
   if not manifest.is_file():
     return
   try:
-    sizes = json.loads(manifest.read_text())["files"]
+    files = json.loads(manifest.read_text())["files"]
   except (ValueError, KeyError) as e:
     raise StarbucksError(f"checkpoint file list {manifest} is damaged ({e})") from None
-  for name, size in sizes.items():
+  for name, entry in files.items():
+    if items is not None and name.split("/")[0] not in items:
+      continue
+    size, crc = (entry, None) if isinstance(entry, int) else (entry["size"], entry["crc32"])  # older lists: sizes
     path = directory / name
     if not path.is_file():
       raise StarbucksError(f"checkpoint file {path} is missing")
     if path.stat().st_size != size:
       raise StarbucksError(f"checkpoint file {path} has {path.stat().st_size} bytes; {size} were written "
                            "(truncated or overwritten)")
+    if crc is not None and file_crc32(path) != crc:
+      raise StarbucksError(f"checkpoint file {path} does not match the checksum recorded when it was saved "
+                           "(its bytes changed since)")
 
 
 def saved_steps(workdir: str | Path) -> list[int]:
@@ -198,11 +225,14 @@ def restore_params(workdir: str | Path, step: int | None = None):
   elif step not in steps:
     raise StarbucksError(f"{workdir} has no checkpoint at step {step}; saved steps: "
                          f"{', '.join(map(str, steps))}")
-  check_files(workdir, step)
+  check_files(workdir, step, items=("params",))
   path = step_dir(workdir, step) / "params"
-  tree = ocp.StandardCheckpointHandler().metadata(path)  # shapes and dtypes of the saved tree
-  # Restore onto the host CPU, whatever mesh the run used.
-  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree)
-  params = ocp.StandardCheckpointer().restore(path, target)
+  try:
+    tree = ocp.StandardCheckpointHandler().metadata(path)  # shapes and dtypes of the saved tree
+    # Restore onto the host CPU, whatever mesh the run used.
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree)
+    params = ocp.StandardCheckpointer().restore(path, target)
+  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds; all mean "unreadable"
+    raise StarbucksError(f"checkpoint {path} cannot be read: {' '.join(str(e).split())[:400]}") from None
   return jax.tree.map(np.asarray, params), step

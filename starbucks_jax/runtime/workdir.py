@@ -64,8 +64,18 @@ def read_model_dir(workdir: str | Path) -> tuple[EncoderConfig, dict, Path]:
     raise StarbucksError(f"{workdir} is not a training workdir: {model_dir / 'config.json'} is missing")
   config = config_from_hf_dict(read_config_json(model_dir / "config.json"), source=str(model_dir / "config.json"))
   settings_file = model_dir / SETTINGS_FILE
-  settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+  settings = _read_json(settings_file, "the run's model settings") if settings_file.is_file() else {}
   return config, settings, model_dir
+
+
+def _read_json(path: Path, what: str) -> dict:
+  try:
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise StarbucksError(f"{path} ({what}) is damaged: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise StarbucksError(f"{path} ({what}) is damaged: it does not hold a JSON object")
+  return value
 
 
 def write_run_config(workdir: Path, config_json: str) -> None:
@@ -79,7 +89,7 @@ def check_run_config(workdir: Path, config_json: str) -> None:
   saved = workdir / CONFIG_FILE
   if not saved.is_file():
     return
-  previous, current = json.loads(saved.read_text()), json.loads(config_json)
+  previous, current = _read_json(saved, "the config of the run that wrote this workdir"), json.loads(config_json)
   changed = sorted(k for k in set(previous) | set(current)
                    if k not in VOLATILE_SETTINGS and previous.get(k) != current.get(k))
   saved_checkpoints = workdir / checkpoints.CHECKPOINT_DIR

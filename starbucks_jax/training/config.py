@@ -112,10 +112,27 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-  """The export at the end of a run (`config.export`): `enabled` writes workdir/export; `normalize` adds
-  sentence-transformers' Normalize module."""
+  """The export at the end of a run (`config.export`).
+
+  Attributes:
+    enabled: write workdir/export at the end.
+    normalize: add sentence-transformers' Normalize module.
+    max_seq_length: the tokens an export (and `evaluate` / `encode` of the workdir) reads per text;
+      None: the starting model's (its sentence-transformers max_seq_length, else its position limit),
+      not the training crop, which only bounds what training saw.
+  """
   enabled: bool = True
   normalize: bool = False
+  max_seq_length: int | None = None
+
+  def __post_init__(self):
+    if self.max_seq_length is not None and self.max_seq_length < 2:
+      raise StarbucksError(f"export.max_seq_length must be at least 2, got {self.max_seq_length}")
+
+  def serving_length(self, source, model_config) -> int:
+    """The export's max_seq_length for a run starting from `source` (a `workdir.ModelSource`)."""
+    length = self.max_seq_length or source.serving().max_seq_length or model_config.max_position_embeddings
+    return min(length, model_config.max_position_embeddings)
 
 
 # The task's blocks: `tasks.read_config` reads them with the task's classes, under the task's keys.

@@ -7,37 +7,86 @@ A workdir's export needs neither the training data nor the config file: its `mod
 the model, and the run's settings (pooling, max length, normalisation, the MLM head of a pre-training
 run) come with it. With `num_layers=n` the folder is a standalone n-layer model (a small size of a 2D
 Matryoshka model). The folder is written under a temporary name and renamed when complete, so a
-half-written export never appears.
+half-written export never appears. An existing folder is replaced only with `overwrite`, and only when
+it holds nothing but a previous export's files: never a workdir, a checkpoint, the model being exported
+or a folder that holds any of them.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 from starbucks_jax.errors import StarbucksError
+from starbucks_jax.hf.load import TOKENIZER_FILES
 from starbucks_jax.hf.save import save_pretrained
-from starbucks_jax.runtime import workdir as workdir_lib
+from starbucks_jax.runtime import outputs, workdir as workdir_lib
 from starbucks_jax.runtime.workdir import ModelSource, ServingSettings
 
 log = logging.getLogger(__name__)
 
+# What an export folder holds (`hf/save.py`); a folder holding anything else is not replaced.
+EXPORT_ENTRIES = frozenset(TOKENIZER_FILES) | {
+    "config.json", "model.safetensors", "modules.json", "1_Pooling", "2_Normalize", "sentence_bert_config.json",
+    "config_sentence_transformers.json"}
+
+
+def check_export_output(output: Path, *, overwrite: bool, source: ModelSource | None = None) -> Path:
+  """Refuses an output folder that may not be written, before anything is loaded: a file, one that cannot
+  be created, a non-empty one without `overwrite`, one holding more than a previous export, or the model
+  being exported (its folder or workdir) or a folder that holds it."""
+  output = Path(output)
+  if source is not None:
+    held = (source.workdir or source.model_dir).resolve()
+    if output.resolve() == held or output.resolve() in held.parents:
+      raise StarbucksError(f"--output {output} is or holds the model being exported ({source.name}); "
+                           "choose another folder")
+  if output.is_dir() and any(output.iterdir()):
+    if not overwrite:
+      raise StarbucksError(f"output {output} exists and is not an empty folder (pass --overwrite to replace it)")
+    others = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_ENTRIES)
+    if others:
+      raise StarbucksError(f"output {output} holds more than a previous export ({', '.join(others[:4])}"
+                           f"{' ...' if len(others) > 4 else ''}); --overwrite replaces only an export folder")
+  return outputs.check_folder_output(output, "--output")
+
 
 def write_export(params: dict, config, tokenizer_dir: Path, output: Path, *, serving: ServingSettings,
                  num_layers: int | None = None, overwrite: bool = False) -> Path:
-  """Writes `output` from host `params`; an existing `output` is replaced only with `overwrite`."""
-  output = Path(output)
-  staging = output.with_name(output.name + ".partial")
-  shutil.rmtree(staging, ignore_errors=True)
-  save_pretrained(staging, params, config, tokenizer_dir=tokenizer_dir, num_layers=num_layers,
-                  pooling=serving.pooling or "cls",
-                  max_seq_length=serving.max_seq_length or config.max_position_embeddings,
-                  normalize=serving.normalize, with_mlm_head=serving.mlm_head)
-  if output.exists() and overwrite:
-    shutil.rmtree(output)
-  staging.rename(output)  # a finished folder appears at once, never a half-written one
+  """Writes `output` from host `params`; an existing export is replaced only with `overwrite`."""
+  output = check_export_output(Path(output), overwrite=overwrite)
+  try:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+  except OSError as e:
+    raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
+  try:
+    save_pretrained(staging, params, config, tokenizer_dir=tokenizer_dir, num_layers=num_layers,
+                    pooling=serving.pooling or "cls",
+                    max_seq_length=serving.max_seq_length or config.max_position_embeddings,
+                    normalize=serving.normalize, with_mlm_head=serving.mlm_head)
+    _replace(output, staging)
+  except OSError as e:
+    raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return output
+
+
+def _replace(output: Path, staging: Path) -> None:
+  """Renames `staging` to `output`; a previous export there is moved aside first and removed after, so a
+  finished folder appears at once, never a half-written one."""
+  previous = None
+  if output.is_dir() and any(output.iterdir()):
+    previous = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.previous-"))
+    output.rename(previous / "export")
+  elif output.is_dir():
+    output.rmdir()
+  staging.rename(output)
+  if previous is not None:
+    shutil.rmtree(previous)
 
 
 def export_params(workdir: Path, params: dict, output: Path, *, step: int, num_layers: int | None = None,
@@ -62,6 +111,7 @@ def export_model(source: ModelSource, output: Path, *, num_layers: int | None = 
   A workdir's own settings are used (its pooling, max length, normalisation and MLM head); for a
   folder, `pooling` and `max_seq_length` default to its sentence-transformers settings.
   """
+  check_export_output(output, overwrite=overwrite, source=source)
   config = source.config()
   if num_layers is not None and not 1 <= num_layers <= config.num_hidden_layers:
     raise StarbucksError(f"--num-layers {num_layers} is outside 1..{config.num_hidden_layers}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 
 from starbucks_jax.model.registry import family_of
-from starbucks_jax.runtime import checkpoints, distributed, sharding, workdir as workdir_lib
+from starbucks_jax.runtime import checkpoints, distributed, outputs, sharding, workdir as workdir_lib
 from starbucks_jax.runtime.metrics import MetricsLog
 from starbucks_jax.runtime.preemption import PreemptionWatch
 from starbucks_jax.training import optim, step as train_step, tasks
@@ -120,6 +120,7 @@ def train(config_dict, workdir: Path) -> dict:
   """Runs (or resumes) training; returns a summary: final step, last metrics, export path, preempted."""
   # --- Checks that need no compilation: config, workdir, model config, pairs, data files. ---
   config = tasks.read_config(config_dict)
+  workdir = outputs.check_folder_output(workdir, "--workdir")
   config_json = config_dict.to_json_best_effort(indent=2)
   workdir_lib.check_run_config(workdir, config_json)
   run = build(config)
@@ -151,6 +152,21 @@ def train(config_dict, workdir: Path) -> dict:
   return {"step": total_steps, "metrics": last_metrics, "export": export_dir, "preempted": False}
 
 
+def _evaluate(evaluator: TrainingEvaluator, state, mesh, done: int, is_main: bool) -> dict[str, float]:
+  """Process 0's evaluation scores at step `done`. A failing evaluation costs no training: the step's
+  checkpoint is already saved, the error is logged, and the run goes on."""
+  host_params = sharding.gather_to_host(state.params, mesh)  # every process takes part
+  if not is_main:
+    return {}
+  try:
+    scores = evaluator(host_params)
+  except Exception as e:  # noqa: BLE001 - whatever went wrong, training must not be lost to it
+    log.error("evaluation at step %d failed, training goes on: %s: %s", done, type(e).__name__, e)
+    return {}
+  log.info("evaluation at step %d: %s", done, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+  return scores
+
+
 def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_checkpoints, is_main: bool):
   """Steps from `start_step` to the end or to a preemption; returns (state, steps done, the last logged
   metrics, whether it was preempted). Every checkpoint is on disk when it returns."""
@@ -179,17 +195,13 @@ def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_
                       "skipped_steps": int(jax.device_get(state.skipped_steps)), **metrics}
       row.update(last_metrics)
       progress.set_postfix(loss=f"{last_metrics['loss']:.4f}", ex_s=f"{last_metrics['examples_per_sec']:.1f}")
+    preempted = done < total_steps and preemption.requested(done)
+    run_checkpoints.save(state, done, force=done == total_steps or preempted)  # before evaluating
     if evaluator.due(done, total_steps):
-      host_params = sharding.gather_to_host(state.params, mesh)  # every process takes part
-      if is_main:
-        scores = evaluator(host_params)
-        row.update(scores)
-        log.info("evaluation at step %d: %s", done, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+      row.update(_evaluate(evaluator, state, mesh, done, is_main))
     if row:
       metrics_log.write(done, row)
       window_start, window_steps = time.perf_counter(), 0
-    preempted = done < total_steps and preemption.requested(done)
-    run_checkpoints.save(state, done, force=done == total_steps or preempted)
     progress.update(1)
     faults.after_step(done, run_checkpoints)
     if preempted:

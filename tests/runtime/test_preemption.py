@@ -5,6 +5,7 @@ random BERT, CPU, float32."""
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -110,11 +111,20 @@ def test_sigterm_saves_the_current_step_and_exits_zero_then_resumes(whole_run, t
   assert_bit_identical(tmp_path, whole_run)
 
 
-def test_damaged_newest_checkpoint_falls_back_or_is_named(whole_run, tiny_dir, tmp_path):
+@pytest.fixture(scope="module")
+def killed_at_9(tiny_dir, tmp_path_factory):
+  """A run killed after step 9: checkpoints at 4 and 8 (each test damages a copy)."""
   from starbucks_jax.runtime import checkpoints
-  killed = train(tmp_path / "run", tiny_dir, STARBUCKS_FAULT_KILL_AT_STEP="9")  # checkpoints at 4 and 8
+  workdir = tmp_path_factory.mktemp("killed") / "run"
+  killed = train(workdir, tiny_dir, STARBUCKS_FAULT_KILL_AT_STEP="9")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-  assert checkpoints.saved_steps(tmp_path / "run") == [4, 8]
+  assert checkpoints.saved_steps(workdir) == [4, 8]
+  return workdir
+
+
+def test_damaged_newest_checkpoint_falls_back_or_is_named(whole_run, killed_at_9, tiny_dir, tmp_path):
+  from starbucks_jax.runtime import checkpoints
+  shutil.copytree(killed_at_9, tmp_path / "run")
 
   # Only one checkpoint, with a file deleted: a clear error naming the file, and nothing is removed.
   alone = tmp_path / "alone"
@@ -139,6 +149,53 @@ def test_damaged_newest_checkpoint_falls_back_or_is_named(whole_run, tiny_dir, t
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"checkpoint file {damaged} has" in out.stderr and "resuming from the checkpoint at step 4" in out.stderr
   assert (tmp_path / "run" / "damaged_checkpoints" / "8").is_dir()  # kept for inspection, not deleted
+  assert_bit_identical(tmp_path / "run", whole_run)
+
+
+def invert_4kib(path):
+  """Inverts 4 KiB in the middle of a file; its size stays the same."""
+  data = bytearray(path.read_bytes())
+  start = max(0, len(data) // 2 - 2048)
+  data[start:start + 4096] = bytes(b ^ 0xFF for b in data[start:start + 4096])
+  path.write_bytes(bytes(data))
+
+
+def largest_data_file(step_dir):
+  return max((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+
+
+def test_same_size_damage_is_never_loaded(whole_run, killed_at_9, tiny_dir, tmp_path):
+  """Bytes inverted, size kept: the checksums recorded at save time catch it. The newest checkpoint damaged:
+  set aside with a warning naming the file, resumed from the one before, same finish. An older one
+  damaged: export and evaluate of that step refuse it by name, and a run left with only it stops."""
+  from starbucks_jax.cli.evaluate import main as evaluate
+  from starbucks_jax.cli.export import main as export
+  from starbucks_jax.errors import StarbucksError
+  from starbucks_jax.runtime import checkpoints
+  shutil.copytree(killed_at_9, tmp_path / "run")
+  older = tmp_path / "older"
+  shutil.copytree(tmp_path / "run", older)
+
+  damaged = largest_data_file(checkpoints.step_dir(older, 4))
+  invert_4kib(damaged)
+  message = f"checkpoint file {damaged} does not match the checksum recorded when it was saved"
+  with pytest.raises(StarbucksError, match=re.escape(message)):
+    export(["--workdir", str(older), "--step", "4", "--output", str(tmp_path / "x")])
+  with pytest.raises(StarbucksError, match=re.escape(message)):
+    evaluate(["--model", str(older), "--step", "4", "--sts", str(REPO / "data" / "quickstart" / "stsb_test.jsonl"),
+              "--output", str(tmp_path / "r.json")])
+  shutil.rmtree(older / "checkpoints" / "8")
+  out = train(older, tiny_dir)
+  assert out.returncode == 2 and message in out.stderr and "no older checkpoint to resume from" in out.stderr
+  assert checkpoints.saved_steps(older) == [4]  # kept, not deleted
+
+  newest = largest_data_file(checkpoints.step_dir(tmp_path / "run", 8))
+  invert_4kib(newest)
+  out = train(tmp_path / "run", tiny_dir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"checkpoint file {newest} does not match the checksum" in out.stderr
+  assert "resuming from the checkpoint at step 4" in out.stderr
   assert_bit_identical(tmp_path / "run", whole_run)
 
 

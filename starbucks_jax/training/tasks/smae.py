@@ -99,7 +99,8 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
       model_dir=source.model_dir, model_config=model_config, tokenizer=tokenizer, data=data,
       total_steps=config.total_steps(steps_per_epoch), settings=settings, trainable=trainable,
       log_pairs=spec.log_pairs(),
-      model_settings={"pooling": config.model.pooling, "max_seq_length": data_config.max_length,
+      model_settings={"pooling": config.model.pooling,
+                      "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers,
                       "mlm_head": True},
       description=(f"{spec.mode} pre-training, masks {data_config.encoder_mask_rate}/"

@@ -135,6 +135,10 @@ def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSp
 
 def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
   spec = make_loss_spec(config.loss, model_config)
+  for name in ("query_max_length", "passage_max_length"):
+    if getattr(config.data, name) > model_config.max_position_embeddings:
+      raise StarbucksError(f"data.{name} {getattr(config.data, name)} exceeds the model's "
+                           f"max_position_embeddings {model_config.max_position_embeddings}")
   if spec.mode == "separate":  # the model is cut to the pair's layer count and trained as that
     model_config = model_config.replace(num_hidden_layers=spec.pairs[0][0])
   tokenizer = load_tokenizer(source.model_dir)
@@ -162,7 +166,7 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
       total_steps=config.total_steps(data.steps_per_epoch), settings=settings, trainable=("encoder",),
       log_pairs=spec.log_pairs(),
       model_settings={"pooling": config.model.pooling,
-                      "max_seq_length": max(config.data.query_max_length, config.data.passage_max_length),
+                      "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers},
       description=f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch",
       load_params=load_params)
