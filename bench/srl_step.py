@@ -4,11 +4,15 @@
     python bench/srl_step.py --shape bert-base --queries 16 --length 64
     python bench/srl_step.py --shape bert-base --dtype bfloat16 --queries 128 --group 8 \
         --query-length 32 --length 196 --variants jax       # the MS MARCO shape, on a GPU
+    python bench/srl_step.py --queries 256 --group 4 --variants jax,jax-cached --grad-cache 32
+                                                            # GradCache against the plain step, same batch
 
 Variants (--variants, comma-separated):
   jax         our step: SrlLossSpec starbucks, six pairs, score KL, cosine x 20, one forward pass
   torch       the PyTorch Starbucks-style step: a SentenceTransformer, forward hooks catching the six
               pairs' layers, ST's MultipleNegativesRankingLoss per pair plus the score KL (bench/torch_peers.py)
+  jax-cached  our step through GradCache (training/grad_cache.py): chunks of --grad-cache queries and
+              their passages, the same loss and gradients
   jax-2dmse   our 2DMSE step (mode 2dmse: ST's Matryoshka2dLoss semantics)
   torch-2dmse sentence-transformers' Matryoshka2dLoss(MultipleNegativesRankingLoss)
 The batch: `--queries` queries and `--group` passages each (positive + hard negatives), fixed random
@@ -32,9 +36,10 @@ from starbucks_jax import pairs as pairs_lib  # noqa: E402
 from starbucks_jax.hf import load as pretrained  # noqa: E402
 from starbucks_jax.losses.srl_spec import SrlLossSpec  # noqa: E402
 from starbucks_jax.training import flops, optim, step as train_step  # noqa: E402
+from starbucks_jax.training.grad_cache import GradCacheConfig  # noqa: E402
 from starbucks_jax.training.tasks.srl import SrlStepSettings  # noqa: E402
 
-VARIANTS = ("jax", "torch", "jax-2dmse", "torch-2dmse")
+VARIANTS = ("jax", "torch", "jax-cached", "jax-2dmse", "torch-2dmse")
 
 
 def load(shape: str):
@@ -58,7 +63,7 @@ def make_batch(queries: int, group: int, length: int, query_length: int = 0) -> 
 
 
 def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode: str = "starbucks",
-             dropout: float = 0.1, remat: bool = False):
+             dropout: float = 0.1, remat: bool = False, grad_cache_chunk: int = 0):
   """(step function, (state, batch)): our SRL training step (SrlLossSpec `mode`) and its arguments."""
   config = model.config.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
   layers, hidden = config.num_hidden_layers, config.hidden_size
@@ -67,7 +72,8 @@ def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode
   else:
     spec = SrlLossSpec(mode="2dmse", num_model_layers=layers, hidden_size=hidden, pairs=pairs,
                        layers=tuple(range(layers)), dims=tuple(d for _, d in pairs), group_size=group)
-  settings = SrlStepSettings(model_config=config, spec=spec, dtype=dtype, remat=remat)
+  settings = SrlStepSettings(model_config=config, spec=spec, dtype=dtype, remat=remat,
+                             grad_cache=GradCacheConfig(grad_cache_chunk) if grad_cache_chunk else None)
   tx, _ = optim.make_optimizer(optim.OptimizerConfig(), total_steps=1000)
   state = train_step.init_state(model.params, tx, seed=0)
   return (lambda s, b: train_step.train_step(s, b, tx, settings)), (state, batch)
@@ -76,8 +82,10 @@ def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode
 def build(variant: str, args, folder: str, model, pairs, batch: dict):
   """(run one step, compile seconds or None, XLA's FLOP count or None) for `variant`."""
   if variant.startswith("jax"):
-    mode = "starbucks" if variant == "jax" else "2dmse"
-    fn, (state, batch) = jax_step(model, pairs, batch, args.group, args.dtype, mode, remat=args.remat)
+    mode = "2dmse" if variant == "jax-2dmse" else "starbucks"
+    chunk = args.grad_cache if variant == "jax-cached" else 0
+    fn, (state, batch) = jax_step(model, pairs, batch, args.group, args.dtype, mode, remat=args.remat,
+                                  grad_cache_chunk=chunk)
     step = harness.JaxStep(fn, state, batch)
     return step.run, step.compile_s, harness.xla_flops(step)
   import torch
@@ -113,6 +121,7 @@ def main():
   p.add_argument("--length", type=int, default=32, help="passage tokens (and query tokens unless --query-length)")
   p.add_argument("--query-length", type=int, default=0)
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--grad-cache", type=int, default=32, help="jax-cached: queries per chunk")
   harness.add_step_flags(p, default_variants="jax,torch", default_repeats=5)
   args = p.parse_args()
   variants = harness.parse_variants(p, args, VARIANTS)
@@ -136,6 +145,12 @@ def main():
   for ours, theirs in (("jax", "torch"), ("jax-2dmse", "torch-2dmse")):
     if ours in by_name and theirs in by_name:
       print(f"{ours} is {by_name[theirs] / by_name[ours]:.2f}x as fast as {theirs}")
+  if "jax" in by_name and "jax-cached" in by_name:
+    memory = {r.variant: r.peak_bytes for r in rows}
+    print(f"jax-cached takes {by_name['jax-cached'] / by_name['jax']:.2f}x the time of jax", end="")
+    if memory.get("jax") and memory.get("jax-cached"):
+      print(f", with {memory['jax'] / memory['jax-cached']:.2f}x less peak memory", end="")
+    print()
   harness.save_rows(rows, args.json)
 
 

@@ -6,7 +6,9 @@ As ielab/Starbucks `retrieval/README.md` runs it with Tevatron: `Tevatron/msmarc
 per batch, train_group_size 8 (1 positive + 7 hard negatives), lr 1e-4 with linear decay and no
 warmup, 3 epochs, query/passage max lengths 32/196, CLS pooling, dot product / temperature 1 without
 normalisation, KL weight 1 on the in-batch score distributions, bf16, gradient checkpointing (remat).
-Needs the hub (or --config.data.source=/path/to/tevatron.jsonl) and an accelerator pod.
+Needs the hub (or --config.data.source=/path/to/tevatron.jsonl) and an accelerator pod; on a single
+accelerator, the same batch and gradients through GradCache: configs/srl_msmarco_bert_base_one_device.py
+(or --config.grad_cache.query_chunk=16).
 Expected result: DL19 nDCG@10 of 0.6346 at (12, 768) for the released model (retrieval/README.md);
 not yet run here.
 """

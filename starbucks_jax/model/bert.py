@@ -79,7 +79,7 @@ class Embeddings(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+  def __call__(self, input_ids, token_type_ids, deterministic: bool, row_ids=None):
     cfg = self.config
     init = nn.initializers.normal(cfg.initializer_range)
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=self.dtype,
@@ -89,7 +89,7 @@ class Embeddings(nn.Module):
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
          + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
     x = _layer_norm(cfg, self.dtype, "layer_norm")(x)
-    return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic, row_ids=row_ids)
 
 
 class SelfAttention(nn.Module):
@@ -98,7 +98,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask_bias, deterministic: bool):
+  def __call__(self, x, mask_bias, deterministic: bool, row_ids=None):
     cfg = self.config
     batch, length, _ = x.shape
     split = lambda t: t.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
@@ -108,7 +108,7 @@ class SelfAttention(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores * (cfg.head_dim ** -0.5) + mask_bias
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic, row_ids=row_ids)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
     return _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
 
@@ -119,15 +119,17 @@ class EncoderLayer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask_bias, deterministic: bool):
+  def __call__(self, x, mask_bias, deterministic: bool, row_ids=None):
     cfg = self.config
     dropout = Dropout(cfg.hidden_dropout_prob)
-    attended = SelfAttention(cfg, self.dtype, name="attention")(x, mask_bias, deterministic)
-    x = _layer_norm(cfg, self.dtype, "attention_layer_norm")(x + dropout(attended, deterministic=deterministic))
+    attended = SelfAttention(cfg, self.dtype, name="attention")(x, mask_bias, deterministic, row_ids)
+    x = _layer_norm(cfg, self.dtype, "attention_layer_norm")(
+        x + dropout(attended, deterministic=deterministic, row_ids=row_ids))
     h = _dense(cfg, cfg.intermediate_size, self.dtype, "intermediate")(x)
     h = gelu(h)
     h = _dense(cfg, cfg.hidden_size, self.dtype, "output")(h)
-    return _layer_norm(cfg, self.dtype, "output_layer_norm")(x + dropout(h, deterministic=deterministic))
+    return _layer_norm(cfg, self.dtype, "output_layer_norm")(x + dropout(h, deterministic=deterministic,
+                                                                          row_ids=row_ids))
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
@@ -154,7 +156,7 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               num_layers: Optional[int] = None, deterministic: bool = True) -> EncoderOutput:
+               num_layers: Optional[int] = None, deterministic: bool = True, row_ids=None) -> EncoderOutput:
     cfg = self.config
     num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 0 <= num_layers <= cfg.num_hidden_layers:
@@ -167,12 +169,13 @@ class BertEncoder(nn.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     mask_bias = attention_bias(attention_mask)
-    x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic))
+    x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic,
+                                                                                  row_ids))
     hidden_states = [x]
     # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
     layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
     for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
-      x = constrain_activations(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic))
+      x = constrain_activations(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic, row_ids))
       hidden_states.append(x)
     return EncoderOutput(
         hidden_states=tuple(hidden_states),
@@ -183,12 +186,17 @@ class BertEncoder(nn.Module):
 
 def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig,
           num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
-          dropout_rng: Optional[jax.Array] = None, remat: bool = False) -> EncoderOutput:
-  """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part."""
+          dropout_rng: Optional[jax.Array] = None, remat: bool = False, row_ids=None) -> EncoderOutput:
+  """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part.
+
+  `row_ids` [batch]: each row's index in the whole batch, for dropout masks that do not depend on how a
+  batch is split (`model/dropout.py`); None: the rows are the whole batch.
+  """
   encoder_params = params["encoder"] if "encoder" in params else params
   rngs = None if deterministic else {"dropout": dropout_rng}
   return BertEncoder(config, dtype, remat).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
-                                          num_layers=num_layers, deterministic=deterministic, rngs=rngs)
+                                          num_layers=num_layers, deterministic=deterministic, row_ids=row_ids,
+                                          rngs=rngs)
 
 
 def embed(params, input_ids, token_type_ids=None, *, config: BertConfig, dtype: Dtype = jnp.float32,

@@ -8,7 +8,9 @@ layer's key. That is a handful of integer ops fused into the elementwise kernel 
 
 Properties: the mask is a pure function of (key, shape), like jax.random's, so runs stay reproducible
 and resumed runs bit-identical; it depends on each element's global index, so it is the same however
-the array is sharded; the keep probability is exactly 1 - round(rate 2^32) / 2^32, and kept values are
+the array is sharded; and given `row_ids` (each row's index in the whole batch) it is the same however
+the batch is split into chunks (GradCache encodes a batch chunk by chunk, twice, and must drop the same
+elements as one pass over the whole batch would). The keep probability is exactly 1 - round(rate 2^32) / 2^32, and kept values are
 scaled by its inverse (a multiply, not a divide), so the expectation is unchanged.
 """
 
@@ -29,12 +31,18 @@ def _fmix32(h: jnp.ndarray) -> jnp.ndarray:
   return h ^ (h >> 16)
 
 
-def hash_bits(key: jax.Array, shape: tuple) -> jnp.ndarray:
-  """uint32 bits of `shape`, one per element, from the element's index and two seeds drawn from `key`."""
+def hash_bits(key: jax.Array, shape: tuple, row_ids: jnp.ndarray | None = None) -> jnp.ndarray:
+  """uint32 bits of `shape`, one per element, from the element's index and two seeds drawn from `key`.
+
+  `row_ids` [shape[0]]: the index each row (axis 0) stands for; None: 0, 1, 2, ...
+  """
   seeds = jax.random.bits(key, (2,), jnp.uint32)
   if len(shape) == 0:
     return _fmix32(_fmix32(seeds[0]) ^ seeds[1])
-  rows = lax.broadcasted_iota(jnp.uint32, shape, 0)
+  if row_ids is None:
+    rows = lax.broadcasted_iota(jnp.uint32, shape, 0)
+  else:
+    rows = jnp.broadcast_to(row_ids.astype(jnp.uint32).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
   position = jnp.zeros(shape, jnp.uint32)
   stride = 1
   for axis in reversed(range(1, len(shape))):  # the element's index within its row, row-major
@@ -49,14 +57,15 @@ def threshold(rate: float) -> int:
   return min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
 
 
-def dropout(x: jnp.ndarray, rate: float, key: jax.Array) -> jnp.ndarray:
-  """x with each element zeroed with probability ~`rate` (see threshold) and the rest scaled up."""
+def dropout(x: jnp.ndarray, rate: float, key: jax.Array, row_ids: jnp.ndarray | None = None) -> jnp.ndarray:
+  """x with each element zeroed with probability ~`rate` (see threshold) and the rest scaled up; `row_ids`
+  as in `hash_bits`."""
   if rate <= 0:
     return x
   if rate >= 1:
     return jnp.zeros_like(x)
   cut = threshold(rate)
-  keep = hash_bits(key, x.shape) >= jnp.uint32(cut)
+  keep = hash_bits(key, x.shape, row_ids) >= jnp.uint32(cut)
   scale = 2 ** 32 / (2 ** 32 - cut)
   # Scaled in float32: a bfloat16 scale (1.109 for 1/0.9) would bias every kept value by 0.2%.
   return jnp.where(keep, (x.astype(jnp.float32) * scale).astype(x.dtype), jnp.zeros((), x.dtype))
@@ -67,7 +76,7 @@ class Dropout(nn.Module):
   rate: float
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, deterministic: bool, row_ids: jnp.ndarray | None = None) -> jnp.ndarray:
     if deterministic or self.rate <= 0:
       return x
-    return dropout(x, self.rate, self.make_rng("dropout"))
+    return dropout(x, self.rate, self.make_rng("dropout"), row_ids)

@@ -71,8 +71,10 @@ class ModelFamily:
     config_class: an `EncoderConfig` subclass; `config_class.model_type` is the `model_type` of the
       config.json files this family reads.
     apply: (params, input_ids, attention_mask=None, token_type_ids=None, *, config, num_layers=None,
-      dtype, deterministic=True, dropout_rng=None, remat=False) -> `pooling.EncoderOutput`, every layer's
-      hidden states and pooled vectors up to `num_layers`.
+      dtype, deterministic=True, dropout_rng=None, remat=False, row_ids=None) -> `pooling.EncoderOutput`,
+      every layer's hidden states and pooled vectors up to `num_layers`. `row_ids` [batch] are the rows'
+      indices in the whole batch; dropout masks must depend on them, not on the position in `input_ids`,
+      so that GradCache's chunked passes drop what one pass would (`model/dropout.py`).
     embed: (params, input_ids, *, config, dtype, deterministic, dropout_rng) -> the embedding output
       alone (SMAE's decoder input).
     apply_layer: (layer_params, x, attention_mask, *, config, dtype, deterministic, dropout_rng) -> one

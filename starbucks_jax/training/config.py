@@ -10,6 +10,7 @@ all the rest of the package reads.
 Where each block's settings and defaults live:
   model       ModelOptions (below)           optimizer   training/optim.py OptimizerConfig
   mesh        runtime/sharding.py MeshConfig  checkpoint  runtime/checkpoints.py CheckpointConfig
+  grad_cache  training/grad_cache.py GradCacheConfig
   eval        EvalConfig (below)              export      ExportConfig (below)
   data, and the loss block (`starbucks` or `smae`): the task's (training/tasks/srl.py, smae.py).
 """
@@ -29,6 +30,7 @@ from starbucks_jax.model.pooling import POOLINGS, SIMILARITIES
 from starbucks_jax.pairs import parse_pairs
 from starbucks_jax.runtime.checkpoints import CheckpointConfig
 from starbucks_jax.runtime.sharding import MeshConfig
+from starbucks_jax.training.grad_cache import GradCacheConfig
 from starbucks_jax.training.optim import OptimizerConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -151,6 +153,8 @@ class TrainConfig:
     init_from_step: with a workdir in init_from: start from its checkpoint at this step instead.
     batch_size: global: examples per step over all devices and hosts.
     grad_accum_steps: micro-batches per step (contrastive negatives come from within a micro-batch).
+    grad_cache: SRL: the whole batch's loss and gradients, encoded in chunks (negatives from the whole
+      batch; `training/grad_cache.py`). Off by default.
     num_epochs: the run's length, unless num_steps is set.
     log_every_steps: metrics.jsonl and TensorBoard every this many steps.
     data: the task's data block (`data/srl.py` DataConfig, `data/smae.py` TextDataConfig).
@@ -163,6 +167,7 @@ class TrainConfig:
   model: ModelOptions = dataclasses.field(default_factory=ModelOptions)
   batch_size: int = 128
   grad_accum_steps: int = 1
+  grad_cache: GradCacheConfig = dataclasses.field(default_factory=GradCacheConfig)
   num_epochs: float = 1.0
   num_steps: int | None = None
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -185,6 +190,9 @@ class TrainConfig:
       raise StarbucksError(f"batch_size must be at least 1, got {self.batch_size}")
     if self.grad_accum_steps < 1:
       raise StarbucksError(f"grad_accum_steps must be at least 1, got {self.grad_accum_steps}")
+    if self.grad_cache.enabled and self.grad_accum_steps > 1:
+      raise StarbucksError(f"grad_cache and grad_accum_steps={self.grad_accum_steps} do not combine: GradCache "
+                           "already encodes the batch in chunks, and keeps every negative; set grad_accum_steps=1")
     if self.num_steps is None and not (self.num_epochs > 0 and math.isfinite(self.num_epochs)):
       raise StarbucksError(f"num_epochs must be positive, got {self.num_epochs}")
     if self.num_steps is not None and self.num_steps < 1:

@@ -4,12 +4,14 @@ mesh without running it, and print what each device must hold.
 The step is lowered with abstract arguments (shapes, dtypes and the run's shardings, so nothing is
 placed on a device) for the longest batch the data can give, and compiled by XLA for the backend at
 hand. Parameter and optimizer-state bytes per device follow from the sharding rules; activation bytes
-are XLA's temporaries of the compiled step. With `--cpu_devices N` a pod's mesh can be compiled on a
+are XLA's temporaries of the compiled step. With GradCache on, the plain step is compiled too and both
+figures are printed. With `--cpu_devices N` a pod's mesh can be compiled on a
 workstation; the figures are then the CPU backend's. Nothing is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -17,7 +19,7 @@ import jax
 
 from starbucks_jax.runtime import sharding
 from starbucks_jax.training import step as train_step, tasks
-from starbucks_jax.training.loop import build
+from starbucks_jax.training.loop import build, jit_step
 
 
 def dry_run(config_dict) -> dict:
@@ -36,6 +38,11 @@ def dry_run(config_dict) -> dict:
   started = time.perf_counter()
   compiled = run.step_fn.lower(state, batch).compile()
   report = _report(compiled, time.perf_counter() - started, run, state, local_batch)
+  if run.setup.settings.grad_cache:  # what the same batch needs without it
+    plain = jit_step(dataclasses.replace(run.setup.settings, grad_cache=None), run.tx, run.mesh, run.state_shardings)
+    memory = plain.lower(state, batch).compile().memory_analysis()
+    report["plain_activations_bytes"] = int(memory.temp_size_in_bytes)
+    report["plain_total_bytes"] = report["total_bytes"] - report["activations_bytes"] + int(memory.temp_size_in_bytes)
   if jax.process_index() == 0:
     print(format_dry_run(report, config, jax.devices()[0].platform))
   return report
@@ -68,7 +75,10 @@ def format_dry_run(report: dict, config, platform: str) -> str:
     unit = next((u for u, size in (("GiB", 2**30), ("MiB", 2**20)) if n >= size), "KiB")
     return f"{n / {'GiB': 2**30, 'MiB': 2**20, 'KiB': 2**10}[unit]:9.3f} {unit}"
   mesh = " x ".join(f"{axis}={size}" for axis, size in report["mesh"].items())
-  lines = [f"dry run: {config.task} step, batch {config.batch_size} x {config.grad_accum_steps} accumulation, "
+  cache = config.grad_cache
+  how = (f", GradCache chunks of {cache.query_chunk} queries" if cache.enabled
+         else f" x {config.grad_accum_steps} accumulation")
+  lines = [f"dry run: {config.task} step, batch {config.batch_size}{how}, "
            f"mesh {mesh} on {report['devices']} {platform} device(s), compiled in {report['compile_seconds']:.1f} s",
            "memory per device:",
            f"  parameters        {gib(report['parameters_bytes'])}",
@@ -81,4 +91,8 @@ def format_dry_run(report: dict, config, platform: str) -> str:
     lines.append(f"  device limit      {gib(report['device_limit_bytes'])}  ({'fits' if fits else 'DOES NOT FIT'})")
   if report["gflops_per_device"]:
     lines.append(f"compute: {report['gflops_per_device']:.1f} GFLOP per device per step")
+  if "plain_activations_bytes" in report:
+    lines += ["without grad_cache (the plain step, same batch):",
+              f"  activations       {gib(report['plain_activations_bytes'])}",
+              f"  total             {gib(report['plain_total_bytes'])}"]
   return "\n".join(lines)

@@ -60,6 +60,8 @@ def build(config: TrainConfig) -> PreparedRun:
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh, config.grad_accum_steps)
   sharding.check_process_rows(mesh, config.batch_size)
+  if setup.settings.grad_cache:
+    setup.settings.grad_cache.check(config.batch_size, setup.data.group_size, sharding.batch_devices(mesh))
   if setup.model_config.hidden_size % mesh.shape[sharding.FSDP_AXIS]:
     log.warning("hidden size %d is not divisible by mesh.fsdp=%d: parameters stay replicated",
                 setup.model_config.hidden_size, mesh.shape[sharding.FSDP_AXIS])
@@ -68,13 +70,18 @@ def build(config: TrainConfig) -> PreparedRun:
   abstract_state = jax.eval_shape(functools.partial(train_step.init_state, tx=tx, seed=config.seed), params)
   state_shardings = sharding.tree_shardings(abstract_state, mesh, family_of(setup.model_config).param_axes)
 
+  step_fn = jit_step(setup.settings, tx, mesh, state_shardings)
+  return PreparedRun(config, setup, mesh, tx, schedule, params, state_shardings, step_fn)
+
+
+def jit_step(settings, tx, mesh, state_shardings):
+  """The training step for `settings`, jitted for the mesh: (state, batch) -> (state, metrics), state donated."""
   def step(state, batch):
     with sharding.activation_layout(mesh):  # traced under the mesh: activations split by example
-      return train_step.train_step(state, batch, tx=tx, settings=setup.settings)
+      return train_step.train_step(state, batch, tx=tx, settings=settings)
 
-  step_fn = jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_shardings, sharding.replicated(mesh)))
-  return PreparedRun(config, setup, mesh, tx, schedule, params, state_shardings, step_fn)
+  return jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
 
 
 class _FaultInjection:

@@ -2,8 +2,9 @@
 
 What the step computes comes from its settings, a static argument that the task provides
 (`tasks/srl.py` SrlStepSettings, `tasks/smae.py` SmaeStepSettings): `loss(params, batch, rng)` gives
-(loss, metrics) from the model's forward pass, `rows(batch)` the examples in a batch, and
-`grad_accum_steps` the micro-batches a step is split into. A step whose loss or gradients are not finite
+(loss, metrics) from the model's forward pass, `rows(batch)` the examples in a batch,
+`grad_accum_steps` the micro-batches a step is split into, and `grad_cache` (None, or GradCache's chunks
+for SRL: `grad_cache.py`) whether the batch's loss and gradients are computed a chunk at a time. A step whose loss or gradients are not finite
 leaves parameters and optimizer state untouched and is counted in `skipped_steps`, as the paper's
 trainers do.
 """
@@ -16,6 +17,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from starbucks_jax.training import grad_cache
 
 
 @flax.struct.dataclass
@@ -54,7 +57,9 @@ def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation,
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(settings.loss, has_aux=True)
 
-  if settings.grad_accum_steps == 1:
+  if settings.grad_cache is not None:
+    (loss, metrics), grads = grad_cache.value_and_grad(settings, state.params, batch, rng)
+  elif settings.grad_accum_steps == 1:
     (loss, metrics), grads = grad_fn(state.params, batch, rng)
   else:
     count = settings.grad_accum_steps

@@ -50,6 +50,7 @@ class SmaeStepSettings:
   dtype: str = "float32"
   remat: bool = False
   grad_accum_steps: int = 1
+  grad_cache = None  # per-token losses couple no examples: nothing for GradCache to do
 
   def loss(self, params, batch: dict, rng: jax.Array):
     dropout = uses_dropout(self.model_config)
@@ -70,6 +71,9 @@ def make_smae_spec(config: TrainConfig, model_config: EncoderConfig) -> SmaeSpec
 
 def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
   spec = make_smae_spec(config, model_config)
+  if config.grad_cache.enabled:
+    raise StarbucksError("grad_cache is for SRL's in-batch negatives; SMAE's masked-LM losses couple no "
+                         "examples, so grad_accum_steps gives the same objective in less memory")
   tokenizer = load_tokenizer(source.model_dir)
   data_config = config.data
   if data_config.max_length > model_config.max_position_embeddings:

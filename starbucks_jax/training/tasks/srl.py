@@ -24,6 +24,7 @@ from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.registry import family_of
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, TrainConfig
+from starbucks_jax.training.grad_cache import GradCacheConfig, Side
 from starbucks_jax.training.tasks.base import RunSetup, Task, load_start_params, uses_dropout
 
 
@@ -66,13 +67,19 @@ class StarbucksConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SrlStepSettings:
-  """Everything static about an SRL step (hashable, so it can be a static jit argument)."""
+  """Everything static about an SRL step (hashable, so it can be a static jit argument).
+
+  The loss is made of three parts, which GradCache (`training/grad_cache.py`) also calls, a chunk at a
+  time: `sides` (the encoder inputs and their dropout keys), `encode` (pooled vectors of every layer
+  the loss reads) and `pooled_loss` (the loss of those vectors).
+  """
   model_config: EncoderConfig
   spec: SrlLossSpec
   pooling: str = "mean"
   dtype: str = "float32"
   remat: bool = False
   grad_accum_steps: int = 1
+  grad_cache: GradCacheConfig | None = None  # None: the plain step
 
   @property
   def uses_dropout(self) -> bool:
@@ -85,6 +92,38 @@ class SrlStepSettings:
     """Examples (queries) in the batch; passage arrays hold a whole number of rows per query."""
     return batch["query_input_ids"].shape[0]
 
+  @staticmethod
+  def one_pass(batch: dict) -> bool:
+    """Queries and passages padded to the same length go through the encoder together."""
+    return batch["query_input_ids"].shape[1] == batch["passage_input_ids"].shape[1]
+
+  def sides(self, batch: dict, rng: jax.Array) -> tuple[list[Side], jax.Array]:
+    """([queries, passages], the loss's rng). In one pass, passage rows are numbered on from the queries'."""
+    dropout_rng, loss_rng = jax.random.split(rng)
+    queries = batch["query_input_ids"].shape[0]
+    if self.one_pass(batch):
+      query_rng = passage_rng = dropout_rng
+      passage_first_row = queries
+    else:
+      query_rng, passage_rng = jax.random.split(dropout_rng)
+      passage_first_row = 0
+    chunks = self.grad_cache.chunk_rows(self.spec.group_size) if self.grad_cache else (None, None)
+    return [Side(batch["query_input_ids"], batch["query_attention_mask"], query_rng, 0, chunks[0]),
+            Side(batch["passage_input_ids"], batch["passage_attention_mask"], passage_rng, passage_first_row,
+                 chunks[1])], loss_rng
+
+  def encode(self, params, input_ids, attention_mask, dropout_rng, row_ids=None) -> dict:
+    """{layer: [rows, hidden] float32} for every layer the loss reads."""
+    out = family_of(self.model_config).apply(
+        params, input_ids, attention_mask, config=self.model_config, num_layers=self.spec.forward_layers(),
+        dtype=DTYPES[self.dtype], deterministic=not self.uses_dropout, dropout_rng=dropout_rng, remat=self.remat,
+        row_ids=row_ids)
+    return {n: out.pooled(n, self.pooling) for n in self.spec.pooled_layers()}
+
+  def pooled_loss(self, pooled: list[dict], batch: dict, rng: jax.Array):
+    query, passage = pooled
+    return srl_loss(query, passage, batch.get("labels"), self.spec, rng)
+
 
 def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings):
   """(loss, metrics) for one batch; `metrics` holds each pair's loss.
@@ -92,27 +131,15 @@ def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings)
   When queries and passages are padded to the same length they go through the encoder together, in
   one forward pass (one traced encoder: half the compile time); otherwise each side gets its own.
   """
-  spec, dtype = settings.spec, DTYPES[settings.dtype]
-  family = family_of(settings.model_config)
-  dropout_rng, loss_rng = jax.random.split(rng)
-
-  def pooled(input_ids, attention_mask, dropout_rng):
-    out = family.apply(params, input_ids, attention_mask, config=settings.model_config,
-                       num_layers=spec.forward_layers(), dtype=dtype, deterministic=not settings.uses_dropout,
-                       dropout_rng=dropout_rng, remat=settings.remat)
-    return {n: out.pooled(n, settings.pooling) for n in spec.pooled_layers()}
-
-  queries = batch["query_input_ids"].shape[0]
-  if batch["query_input_ids"].shape[1] == batch["passage_input_ids"].shape[1]:
-    both = pooled(jnp.concatenate([batch["query_input_ids"], batch["passage_input_ids"]]),
-                  jnp.concatenate([batch["query_attention_mask"], batch["passage_attention_mask"]]), dropout_rng)
-    query = {n: v[:queries] for n, v in both.items()}
-    passage = {n: v[queries:] for n, v in both.items()}
+  sides, loss_rng = settings.sides(batch, rng)
+  if settings.one_pass(batch):
+    query, passage = sides
+    both = settings.encode(params, jnp.concatenate([query.input_ids, passage.input_ids]),
+                           jnp.concatenate([query.attention_mask, passage.attention_mask]), query.dropout_rng)
+    pooled = [{n: v[:query.rows] for n, v in both.items()}, {n: v[query.rows:] for n, v in both.items()}]
   else:
-    query_rng, passage_rng = jax.random.split(dropout_rng)
-    query = pooled(batch["query_input_ids"], batch["query_attention_mask"], query_rng)
-    passage = pooled(batch["passage_input_ids"], batch["passage_attention_mask"], passage_rng)
-  return srl_loss(query, passage, batch.get("labels"), spec, loss_rng)
+    pooled = [settings.encode(params, side.input_ids, side.attention_mask, side.dropout_rng) for side in sides]
+  return settings.pooled_loss(pooled, batch, loss_rng)
 
 
 def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSpec:
@@ -149,9 +176,12 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
     raise StarbucksError(f"objective {spec.objective!r} does not fit {data.kind} data ({spec.objective} needs "
                          f"{'scored pairs' if objective.scored else 'pairs, triplets or retrieval groups'})")
   spec = dataclasses.replace(spec, group_size=data.group_size)  # validates again
+  grad_cache = config.grad_cache if config.grad_cache.enabled else None
+  if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
+    grad_cache.check(config.batch_size, data.group_size, devices=1)
   settings = SrlStepSettings(model_config=model_config, spec=spec, pooling=config.model.pooling,
                              dtype=config.model.dtype, remat=config.model.remat,
-                             grad_accum_steps=config.grad_accum_steps)
+                             grad_accum_steps=config.grad_accum_steps, grad_cache=grad_cache)
 
   def load_params() -> dict:
     params = load_start_params(source)
@@ -168,7 +198,8 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
       model_settings={"pooling": config.model.pooling,
                       "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers},
-      description=f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch",
+      description=(f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch"
+                   + (f", {grad_cache.describe(data.group_size)}" if grad_cache else "")),
       load_params=load_params)
 
 
