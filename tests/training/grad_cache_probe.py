@@ -114,6 +114,21 @@ def compare(case: str, mesh, dtype: str = "float32") -> dict:
           "grad_norm": float(plain_metrics["grad_norm"]), "metrics": len(plain_metrics)}
 
 
+def bfloat16_errors(case: str, mesh) -> dict:
+  """How far the plain and the cached step's bfloat16 gradients are from the plain float32 step's (norm of
+  the difference over the norm): bfloat16 rounds each chunk's weight gradients, so the two differ by
+  bfloat16's error, not float32's."""
+  config, params = model()
+  _, group, query_length, passage_length, _, chunks = CASES[case]
+  batch = make_batch(group, query_length, passage_length, scored=False)
+  norm = lambda tree: float(np.sqrt(sum(float(np.sum(np.square(x, dtype=np.float64))) for x in jax.tree.leaves(tree))))
+  distance = lambda a, b: norm(jax.tree.map(np.subtract, a, b)) / norm(b)
+  _, reference = step_results(settings_for(case, config), params, batch, mesh)
+  _, plain = step_results(settings_for(case, config, "bfloat16"), params, batch, mesh)
+  _, cached = step_results(settings_for(case, config, "bfloat16", chunks), params, batch, mesh)
+  return {"plain": distance(plain, reference), "cached": distance(cached, reference)}
+
+
 def main(data: int, fsdp: int, cases: list[str]):
   distributed.initialize()
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": data, "fsdp": fsdp}))

@@ -31,6 +31,11 @@ def test_cached_step_equals_the_plain_step_on_one_device(case):
   assert result["grad_norm"] > 1  # there were gradients to compare
 
 
+def test_cached_bfloat16_gradients_are_as_close_to_float32_as_the_plain_steps():
+  errors = probe.bfloat16_errors("starbucks-scores-kl", sharding.make_mesh(ml_collections.ConfigDict({"data": 1})))
+  assert errors["plain"] < 0.1 and errors["cached"] < 1.5 * errors["plain"], errors  # measured: 0.027, 0.018
+
+
 def test_dropout_masks_follow_the_row_not_the_chunk():
   key = jax.random.key(7)
   whole = hash_bits(key, (12, 5, 3))
@@ -112,3 +117,19 @@ def test_the_one_device_msmarco_config_is_the_pod_config_through_grad_cache():
   pod, one_device = read("srl_msmarco_bert_base.py"), read("srl_msmarco_bert_base_one_device.py")
   assert one_device.grad_cache == GradCacheConfig(query_chunk=16) and not pod.grad_cache.enabled
   assert dataclasses.replace(one_device, grad_cache=pod.grad_cache) == pod
+
+
+def test_a_cached_step_that_is_not_finite_is_skipped():
+  import optax
+  from starbucks_jax.training import step as train_step
+  config, params = probe.model()
+  params["encoder"]["layer_0"]["output"]["bias"] = params["encoder"]["layer_0"]["output"]["bias"].at[3].set(jnp.nan)
+  settings = probe.settings_for("starbucks-scores-kl", config, grad_cache=GradCacheConfig(8))
+  tx = optax.sgd(0.1)
+  state = train_step.init_state(params, tx, seed=0)
+  new_state, metrics = jax.jit(lambda s, b: train_step.train_step(s, b, tx, settings))(
+      state, probe.make_batch(2, 12, 12, scored=False))
+  assert not np.isfinite(float(metrics["loss"])) and int(new_state.skipped_steps) == 1
+  assert int(new_state.step) == 1
+  for old, new in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)):
+    assert np.array_equal(np.asarray(old), np.asarray(new), equal_nan=True)
