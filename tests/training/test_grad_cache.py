@@ -133,3 +133,22 @@ def test_a_cached_step_that_is_not_finite_is_skipped():
   assert int(new_state.step) == 1
   for old, new in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)):
     assert np.array_equal(np.asarray(old), np.asarray(new), equal_nan=True)
+
+
+def test_a_killed_cached_run_resumes_bit_identically(tiny_dir, tmp_path):
+  """kill -9 after the checkpoint at step 4 of 10, then the same command: the final parameters and Adam
+  state equal an uninterrupted cached run's bit for bit (tests/runtime/test_preemption.py's run)."""
+  import os
+  import subprocess
+  from tests.runtime.test_preemption import assert_bit_identical, command
+
+  def cached_run(workdir, **env):
+    return subprocess.run(command(workdir, tiny_dir) + ["--config.grad_cache.query_chunk=4"],
+                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+
+  assert cached_run(tmp_path / "whole").returncode == 0
+  killed = cached_run(tmp_path / "killed", STARBUCKS_FAULT_KILL_AT_STEP="5")
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  resumed = cached_run(tmp_path / "killed")
+  assert resumed.returncode == 0 and "resuming from the checkpoint at step 4" in resumed.stderr, resumed.stderr[-2000:]
+  assert_bit_identical(tmp_path / "whole", tmp_path / "killed")
