@@ -22,7 +22,7 @@ Chunk k of a side holds rows k, k + count, k + 2 count, ... (count = rows / chun
 keeps each device's share of every chunk on that device, as `step._micro_batches` does.
 
 A task's step settings opt in with `grad_cache` (a `GradCacheConfig`, or None) and provide
-`sides(batch, rng)` -> ([Side, ...], the loss's rng), `encode(params, input_ids, attention_mask,
+`passes(batch, rng)` -> ([[Side, ...] per encoder pass], the loss's rng), `encode(params, input_ids, attention_mask,
 dropout_rng, row_ids)` -> {layer: [rows, hidden]}, and `pooled_loss([pooled of each side], batch, rng)`
 -> (loss, metrics), the same functions its plain loss is made of (`tasks/srl.py`).
 """
@@ -94,8 +94,8 @@ class Side:
   Attributes:
     input_ids, attention_mask: [rows, length].
     dropout_rng: the key of this side's encoder pass.
-    first_row: the index of its row 0 among the rows that share `dropout_rng` (queries and passages
-      encoded in one pass number their rows on from the queries').
+    first_row: the index of its row 0 in its encoder pass (queries and passages encoded in one pass
+      number their rows on from the queries').
     chunk_rows: rows per GradCache chunk (None when GradCache is off).
   """
   input_ids: jax.Array
@@ -127,21 +127,17 @@ def merge(x: jax.Array) -> jax.Array:
   return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
 
-def _passes(sides: list[Side]) -> list[list[Side]]:
-  """The sides grouped by encoder pass. Sides that share a dropout key, a length and a chunk count, each
-  numbering its rows on from the one before (queries and passages padded alike), were one pass in the
-  plain step; here each chunk of the pass is the matching chunks of its sides, one after the other: one
-  traced encoder instead of one per side."""
-  passes = [[sides[0]]]
-  for side in sides[1:]:
-    last = passes[-1][-1]
-    if (side.dropout_rng is last.dropout_rng and side.first_row == last.first_row + last.rows
-        and side.input_ids.shape[1] == last.input_ids.shape[1]
-        and side.rows // side.chunk_rows == last.rows // last.chunk_rows):
-      passes[-1].append(side)
+def _chunked_passes(passes: list[list[Side]]) -> list[list[Side]]:
+  """The task's encoder passes, each encoded chunk by chunk: chunk k of a pass is chunk k of each of its
+  sides, one after the other. Sides of one pass that are cut into different numbers of chunks (an explicit
+  passage_chunk) are encoded apart; their row ids keep their dropout masks what the one pass drew."""
+  out = []
+  for sides in passes:
+    if len({side.rows // side.chunk_rows for side in sides}) == 1:
+      out.append(sides)
     else:
-      passes.append([side])
-  return passes
+      out.extend([side] for side in sides)
+  return out
 
 
 def _chunks(sides: list[Side]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -182,8 +178,8 @@ def _backprop(settings, params, sides: list[Side], cotangents: list[dict[int, ja
 def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   """((loss, metrics), gradients w.r.t. params) of the whole batch, as `jax.value_and_grad(settings.loss,
   has_aux=True)` gives them, with one chunk's activations at a time."""
-  sides, loss_rng = settings.sides(batch, rng)
-  passes = _passes(sides)
+  task_passes, loss_rng = settings.passes(batch, rng)
+  passes = _chunked_passes(task_passes)
   pooled = [vectors for sides_of_pass in passes for vectors in _pooled(settings, params, sides_of_pass)]
   loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, batch, loss_rng)
   (loss, metrics), cotangents = jax.value_and_grad(loss_of_pooled, has_aux=True)(pooled)

@@ -70,7 +70,7 @@ class SrlStepSettings:
   """Everything static about an SRL step (hashable, so it can be a static jit argument).
 
   The loss is made of three parts, which GradCache (`training/grad_cache.py`) also calls, a chunk at a
-  time: `sides` (the encoder inputs and their dropout keys), `encode` (pooled vectors of every layer
+  time: `passes` (the encoder inputs and their dropout keys), `encode` (pooled vectors of every layer
   the loss reads) and `pooled_loss` (the loss of those vectors).
   """
   model_config: EncoderConfig
@@ -92,25 +92,18 @@ class SrlStepSettings:
     """Examples (queries) in the batch; passage arrays hold a whole number of rows per query."""
     return batch["query_input_ids"].shape[0]
 
-  @staticmethod
-  def one_pass(batch: dict) -> bool:
-    """Queries and passages padded to the same length go through the encoder together."""
-    return batch["query_input_ids"].shape[1] == batch["passage_input_ids"].shape[1]
-
-  def sides(self, batch: dict, rng: jax.Array) -> tuple[list[Side], jax.Array]:
-    """([queries, passages], the loss's rng). In one pass, passage rows are numbered on from the queries'."""
+  def passes(self, batch: dict, rng: jax.Array) -> tuple[list[list[Side]], jax.Array]:
+    """(the encoder passes, each a list of sides, the loss's rng). Queries and passages padded to the same
+    length are one pass (one traced encoder: half the compile time), passage rows numbered on from the
+    queries'; otherwise each side is a pass of its own, with its own dropout key."""
     dropout_rng, loss_rng = jax.random.split(rng)
-    queries = batch["query_input_ids"].shape[0]
-    if self.one_pass(batch):
-      query_rng = passage_rng = dropout_rng
-      passage_first_row = queries
-    else:
-      query_rng, passage_rng = jax.random.split(dropout_rng)
-      passage_first_row = 0
     chunks = self.grad_cache.chunk_rows(self.spec.group_size) if self.grad_cache else (None, None)
-    return [Side(batch["query_input_ids"], batch["query_attention_mask"], query_rng, 0, chunks[0]),
-            Side(batch["passage_input_ids"], batch["passage_attention_mask"], passage_rng, passage_first_row,
-                 chunks[1])], loss_rng
+    query_ids, passage_ids = batch["query_input_ids"], batch["passage_input_ids"]
+    one_pass = query_ids.shape[1] == passage_ids.shape[1]
+    query_rng, passage_rng = (dropout_rng, dropout_rng) if one_pass else jax.random.split(dropout_rng)
+    query = Side(query_ids, batch["query_attention_mask"], query_rng, 0, chunks[0])
+    passage = Side(passage_ids, batch["passage_attention_mask"], passage_rng, query.rows if one_pass else 0, chunks[1])
+    return ([[query, passage]] if one_pass else [[query], [passage]]), loss_rng
 
   def encode(self, params, input_ids, attention_mask, dropout_rng, row_ids=None) -> dict:
     """{layer: [rows, hidden] float32} for every layer the loss reads."""
@@ -126,19 +119,17 @@ class SrlStepSettings:
 
 
 def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings):
-  """(loss, metrics) for one batch; `metrics` holds each pair's loss.
-
-  When queries and passages are padded to the same length they go through the encoder together, in
-  one forward pass (one traced encoder: half the compile time); otherwise each side gets its own.
-  """
-  sides, loss_rng = settings.sides(batch, rng)
-  if settings.one_pass(batch):
-    query, passage = sides
-    both = settings.encode(params, jnp.concatenate([query.input_ids, passage.input_ids]),
-                           jnp.concatenate([query.attention_mask, passage.attention_mask]), query.dropout_rng)
-    pooled = [{n: v[:query.rows] for n, v in both.items()}, {n: v[query.rows:] for n, v in both.items()}]
-  else:
-    pooled = [settings.encode(params, side.input_ids, side.attention_mask, side.dropout_rng) for side in sides]
+  """(loss, metrics) for one batch; `metrics` holds each pair's loss. Each encoder pass runs once over
+  its sides, one after the other (`SrlStepSettings.passes`)."""
+  passes, loss_rng = settings.passes(batch, rng)
+  pooled = []
+  for sides in passes:
+    vectors = settings.encode(params, jnp.concatenate([side.input_ids for side in sides]),
+                              jnp.concatenate([side.attention_mask for side in sides]), sides[0].dropout_rng)
+    start = 0
+    for side in sides:
+      pooled.append({n: v[start:start + side.rows] for n, v in vectors.items()})
+      start += side.rows
   return settings.pooled_loss(pooled, batch, loss_rng)
 
 
