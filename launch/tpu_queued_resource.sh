@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Asks for a (spot) TPU pod slice through a queued resource, waits until it is ACTIVE, then installs
 # starbucks_jax on it and trains (launch/tpu_pod.sh). When a spot slice is preempted its VMs are
-# deleted: run this script again with the same WORKDIR (on storage outside the VMs) and the run
-# resumes from its newest checkpoint.
+# deleted: run this script again with the same WORKDIR (a gs:// bucket URL, or other storage outside the
+# VMs) and the run resumes from its newest checkpoint.
 #
 #   TPU_NAME=sb-v5e-64 ZONE=us-west4-a ACCELERATOR=v5litepod-64 RUNTIME=v2-alpha-tpuv5-lite \
-#       launch/tpu_queued_resource.sh configs/srl_msmarco_bert_base.py /mnt/shared/runs/msmarco
+#       launch/tpu_queued_resource.sh configs/srl_msmarco_bert_base.py gs://my-bucket/runs/msmarco
 #
 # Optional: PROJECT, SPOT=0 (an on-demand slice), QR_NAME (default $TPU_NAME-qr), and any
 # --config.key=value overrides after WORKDIR.

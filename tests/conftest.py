@@ -47,3 +47,17 @@ def datasets_cache(tmp_path_factory):
 def tokenizer(minilm_dir):
   import transformers
   return transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A GCS emulator on 127.0.0.1 for this test process and its subprocesses; yields its server (`.url`,
+  `.env`). The bucket is gs://bucket. Remote files copied locally land in a private cache."""
+  from tests.gcs_server import GcsServer
+  server = GcsServer(tmp_path_factory.mktemp("gcs") / "root")
+  env = dict(server.env, STARBUCKS_CACHE=str(tmp_path_factory.mktemp("starbucks_cache")))
+  with pytest.MonkeyPatch.context() as mp:
+    for key, value in env.items():
+      mp.setenv(key, value)
+    yield server
+  server.stop()

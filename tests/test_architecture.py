@@ -14,6 +14,7 @@ PACKAGE = REPO / "starbucks_jax"
 # Rooms from the bottom up; a room may import from rooms below it only (and from itself).
 LAYERS = (
     ("errors",),
+    ("storage",),  # local paths and bucket URLs, below everything that reads or writes a file
     ("config_blocks",),
     ("data", "model"),
     ("hf", "pairs"),

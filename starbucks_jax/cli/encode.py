@@ -36,7 +36,12 @@ def parse_args(argv):
 
 def read_texts(path: str) -> list[str]:
   """The file's lines; a missing, empty, blank or non-UTF-8 file is an error naming it."""
+  from starbucks_jax import storage
   from starbucks_jax.data.checks import utf8_problem
+  if storage.is_remote(path):
+    storage.check_store(path, "--input")
+    if not storage.as_path(path).is_dir():
+      path = storage.local_copy(path, "input file")
   file = Path(path)
   if file.is_dir():
     raise StarbucksError(f"input {path} is a folder; give a text file, one text per line")

@@ -69,9 +69,11 @@ def main(argv=None) -> None:
     if value is not None and value < (2 if "length" in flag else 1):
       raise StarbucksError(f"--{flag.replace('_', '-')} must be at least {2 if 'length' in flag else 1}, got {value}")
   from starbucks_jax.runtime import outputs
-  if Path(args.output).is_dir():
+  from starbucks_jax import storage
+  storage.check_store(args.output, "--output")
+  if storage.as_path(args.output).is_dir():
     raise StarbucksError(f"output {args.output} is a folder; give a file name such as "
-                         f"{Path(args.output) / 'results.json'}")
+                         f"{storage.as_path(args.output) / 'results.json'}")
   output = outputs.check_file_output(args.output)
 
   from starbucks_jax import pairs as pairs_lib

@@ -16,7 +16,6 @@ export's files), never anything else: not the model's own folder or workdir, nor
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from starbucks_jax.errors import StarbucksError, run_cli
 from starbucks_jax.model.pooling import POOLINGS
@@ -42,14 +41,17 @@ def parse_args(argv):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  output = Path(args.output)
+  from starbucks_jax import storage
   from starbucks_jax.runtime import workdir
+  output = storage.as_path(args.output)
+  storage.check_store(output, "--output")
   if args.workdir:
-    if not Path(args.workdir).is_dir():
+    storage.check_store(args.workdir, "--workdir")
+    if not storage.as_path(args.workdir).is_dir():
       raise StarbucksError(f"workdir {args.workdir} does not exist")
     if not workdir.is_workdir(args.workdir):
       raise StarbucksError(f"{args.workdir} is not a training workdir: "
-                           f"{Path(args.workdir) / workdir.MODEL_DIR / 'config.json'} is missing")
+                           f"{storage.as_path(args.workdir) / workdir.MODEL_DIR / 'config.json'} is missing")
   source = workdir.resolve(args.workdir or args.model, step=args.step, what="--workdir" if args.workdir else "--model")
   if source.workdir and (args.pooling or args.max_seq_length or args.normalize or args.with_mlm_head):
     raise StarbucksError("with a workdir, pooling, max length and normalisation come from the run; "

@@ -149,7 +149,7 @@ def parse_flags(argv) -> tuple:
     raise StarbucksError(f"--cpu_devices must be at least 1, got {options.cpu_devices}")
   if not flag_values.workdir and not options.dry_run:
     raise StarbucksError("--workdir is required")
-  return config, Path(flag_values.workdir) if flag_values.workdir else None, options
+  return config, flag_values.workdir or None, options  # a path or a URL (gs://...): `storage.py` reads both
 
 
 def main(argv=None) -> dict:

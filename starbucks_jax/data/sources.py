@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from starbucks_jax import storage
 from starbucks_jax.data.checks import (OPTIONAL_PASSAGES, PASSAGES, arrow_check, as_passages, plain, python_check,
                                       utf8_problem, value_problem)
 from starbucks_jax.errors import StarbucksError
@@ -189,7 +190,8 @@ def local_files(source: str, file_builders: Mapping[str, str] = FILE_BUILDERS) -
   Raises:
     StarbucksError: naming the first path that is missing, empty, a directory or of an unknown type.
   """
-  paths = [os.path.expanduser(p.strip()) for p in source.split(",") if p.strip()]
+  # A file in a bucket (gs://...) is read from a local copy (`storage.local_copy`), fetched once per host.
+  paths = [str(storage.local_copy(p.strip(), "data file")) for p in source.split(",") if p.strip()]
   if not paths:
     raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
   return [(path, _check_path(path, file_builders)) for path in paths]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from starbucks_jax.data.checks import utf8_problem
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ class BeirSet:
 
 
 def load_sts(path: str | Path, name: str | None = None) -> StsSet:
-  """Reads an STS file (.jsonl/.json/.csv/.tsv) with the columns sentence1, sentence2, score."""
-  path = Path(path)
+  """Reads an STS file (.jsonl/.json/.csv/.tsv) with the columns sentence1, sentence2, score; a file in a
+  bucket (gs://...) through a local copy."""
+  path = storage.local_copy(path, "STS file")
   rows = _read_table(path)
   if not rows:
     raise StarbucksError(f"STS file {path} has no rows")
@@ -83,8 +85,9 @@ def load_sts(path: str | Path, name: str | None = None) -> StsSet:
 
 
 def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirSet:
-  """Reads a BEIR folder; only the queries that appear in `qrels/<split>.tsv` are kept."""
-  folder = Path(folder)
+  """Reads a BEIR folder (local, or in a bucket through a local copy); only the queries that appear in
+  `qrels/<split>.tsv` are kept."""
+  folder = storage.local_copy(folder, "BEIR folder")
   if not folder.is_dir():
     raise StarbucksError(f"BEIR folder {folder} does not exist")
   qrels_file = folder / "qrels" / f"{split}.tsv"

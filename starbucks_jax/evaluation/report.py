@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from starbucks_jax import storage
 from starbucks_jax.evaluation.registry import EVALUATORS
 from starbucks_jax.pairs import metric_name, parse_result_key
 from starbucks_jax.runtime.outputs import write_file
@@ -41,14 +42,14 @@ def markdown_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def write_heatmaps(results: dict, output: str | Path, num_layers: int) -> list[Path]:
+def write_heatmaps(results: dict, output, num_layers: int) -> list:
   """One PNG per data set (its evaluator's first metric: STS spearman, BEIR ndcg@10) over layers
   1..num_layers x the dims evaluated; pairs not evaluated stay blank. Written as
   `<output stem>_<data set>.png` beside `output`."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  output = Path(output)
+  output = storage.as_path(output)
   written = []
   for kind, evaluator in EVALUATORS.items():
     metric, fmt = evaluator.metrics[0], f"{{:.{max(evaluator.digits - 1, 0)}f}}"
@@ -73,7 +74,7 @@ def write_heatmaps(results: dict, output: str | Path, num_layers: int) -> list[P
       fig.colorbar(image, ax=ax)
       fig.tight_layout()
       path = output.with_name(f"{output.stem}_{name}.png")
-      fig.savefig(path, dpi=100)
+      write_file(path, lambda f: fig.savefig(f, format="png", dpi=100), "a heatmap")
       plt.close(fig)
       written.append(path)
   return written

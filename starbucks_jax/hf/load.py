@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import convert
 from starbucks_jax.model.config import EncoderConfig
@@ -52,7 +53,12 @@ def default_model_dir() -> str:
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-  """A local folder as is; otherwise a hub repo id, downloaded (or found in the hub cache when offline)."""
+  """A local folder as is; a folder in a bucket (gs://...) copied to the local cache (`storage.local_copy`);
+  otherwise a hub repo id, downloaded (or found in the hub cache when offline)."""
+  if storage.is_remote(name_or_path):
+    if not storage.as_path(name_or_path).is_dir():
+      raise StarbucksError(f"model folder {name_or_path} does not exist")
+    return storage.local_copy(name_or_path, "model folder")
   path = Path(name_or_path).expanduser()
   if path.is_dir():
     return path

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, ClassVar
 
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 
 
-def read_config_json(path: str | Path) -> dict[str, Any]:
-  """A config.json as a dict; a missing, unreadable or non-object file is a StarbucksError naming it."""
-  path = Path(path)
+def read_config_json(path) -> dict[str, Any]:
+  """A config.json (local or in a bucket) as a dict; a missing, unreadable or non-object file is a
+  StarbucksError naming it."""
+  path = storage.as_path(path)
   if not path.is_file():
     raise StarbucksError(f"no config.json in {path.parent}")
   try:

@@ -16,14 +16,13 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import shutil
 import zlib
-from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 FILES_MANIFEST = "starbucks_files.json"
+COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a finished step in a bucket
 CRC_CHUNK = 8 << 20  # bytes read at a time while checksumming
 
 
@@ -51,9 +51,9 @@ class RunCheckpoints:
   """The checkpoints of one run: save every `every_steps` steps (and when forced), keep the newest
   `keep`, restore any of them. Saves run in the background; `wait()` blocks until they are on disk."""
 
-  def __init__(self, workdir: str | Path, *, every_steps: int, keep: int, async_save: bool = True):
+  def __init__(self, workdir, *, every_steps: int, keep: int, async_save: bool = True):
     self.every_steps = max(every_steps, 1)
-    self.workdir = Path(workdir).absolute()
+    self.workdir = storage.absolute(workdir)
     self._unrecorded: list[int] = []  # saved steps whose file manifest is not written yet
     self._recorder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint_crc")
     self._recording: list[concurrent.futures.Future] = []
@@ -85,7 +85,7 @@ class RunCheckpoints:
                     problem, steps[i + 1], moved)
     return template, 0
 
-  def _set_aside(self, step: int) -> Path:
+  def _set_aside(self, step: int):
     """Moves a damaged step out of Orbax's sight, so that it is neither resumed nor counted as saved."""
     target = self.workdir / DAMAGED_DIR / str(step)
     _sync(f"starbucks_damaged_{step}_read")
@@ -95,8 +95,9 @@ class RunCheckpoints:
         suffix += 1
         target = self.workdir / DAMAGED_DIR / f"{step}.{suffix}"
       target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(self.workdir / CHECKPOINT_DIR / str(step)), str(target))
+      storage.move_tree(self.workdir / CHECKPOINT_DIR / str(step), target)
     _sync(f"starbucks_damaged_{step}_moved")
+    storage.refresh(self.workdir)
     self.manager.reload()
     return target
 
@@ -156,32 +157,36 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def step_dir(workdir: str | Path, step: int) -> Path:
-  return Path(workdir).absolute() / CHECKPOINT_DIR / str(step)
+def step_dir(workdir, step: int):
+  return storage.absolute(workdir) / CHECKPOINT_DIR / str(step)
 
 
-def file_crc32(path: Path) -> int:
+def file_crc32(path) -> int:
   crc = 0
-  with open(path, "rb") as f:
+  with storage.as_path(path).open("rb") as f:
     while chunk := f.read(CRC_CHUNK):
       crc = zlib.crc32(chunk, crc)
   return crc
 
 
-def record_files(workdir: str | Path, step: int) -> None:
+def record_files(workdir, step: int) -> None:
   """Writes `<step>/starbucks_files.json`: the size and CRC-32 of every file of a finished checkpoint."""
   directory = step_dir(workdir, step)
   try:
-    files = {str(f.relative_to(directory)): {"size": f.stat().st_size, "crc32": file_crc32(f)}
-             for f in sorted(directory.rglob("*")) if f.is_file() and f.name != FILES_MANIFEST}
+    files = {name: {"size": storage.size_of(directory / name), "crc32": file_crc32(directory / name)}
+             for name in storage.files_under(directory) if name != FILES_MANIFEST}
+    text = json.dumps({"step": step, "files": files}, indent=1) + "\n"
+    if storage.is_remote(directory):  # an object appears whole or not at all
+      (directory / FILES_MANIFEST).write_text(text)
+      return
     staging = directory / (FILES_MANIFEST + ".tmp")
-    staging.write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n")
+    staging.write_text(text)
     staging.rename(directory / FILES_MANIFEST)
   except FileNotFoundError:  # removed meanwhile by Orbax's keep-the-newest-K
     return
 
 
-def check_files(workdir: str | Path, step: int, items: tuple[str, ...] | None = None) -> None:
+def check_files(workdir, step: int, items: tuple[str, ...] | None = None) -> None:
   """Raises a StarbucksError naming the first file of checkpoint `step` that is missing, has the wrong size
   or no longer has the CRC-32 recorded when it was saved. `items` ("params", ...) limits the check to
   those parts. A checkpoint without a manifest (killed before it was written) is left to Orbax to check."""
@@ -200,26 +205,32 @@ def check_files(workdir: str | Path, step: int, items: tuple[str, ...] | None = 
     path = directory / name
     if not path.is_file():
       raise StarbucksError(f"checkpoint file {path} is missing")
-    if path.stat().st_size != size:
-      raise StarbucksError(f"checkpoint file {path} has {path.stat().st_size} bytes; {size} were written "
+    if storage.size_of(path) != size:
+      raise StarbucksError(f"checkpoint file {path} has {storage.size_of(path)} bytes; {size} were written "
                            "(truncated or overwritten)")
     if crc is not None and file_crc32(path) != crc:
       raise StarbucksError(f"checkpoint file {path} does not match the checksum recorded when it was saved "
                            "(its bytes changed since)")
 
 
-def saved_steps(workdir: str | Path) -> list[int]:
-  directory = Path(workdir) / CHECKPOINT_DIR
+def saved_steps(workdir) -> list[int]:
+  """The steps of the finished checkpoints. In a bucket, Orbax writes a step in place and marks it
+  finished with a commit file last (objects cannot be renamed); locally it renames a finished step into place."""
+  directory = storage.as_path(workdir) / CHECKPOINT_DIR
+  storage.refresh(directory)
   if not directory.is_dir():
     return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+  steps = [p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
+  if storage.is_remote(directory):
+    steps = [p for p in steps if (p / COMMIT_FILE).is_file()]
+  return sorted(int(p.name) for p in steps)
 
 
-def restore_params(workdir: str | Path, step: int | None = None):
+def restore_params(workdir, step: int | None = None):
   """The parameters saved at `step` (default: the newest checkpoint), as numpy arrays on the host."""
   steps = saved_steps(workdir)
   if not steps:
-    raise StarbucksError(f"{workdir} has no checkpoints under {Path(workdir) / CHECKPOINT_DIR}")
+    raise StarbucksError(f"{workdir} has no checkpoints under {storage.as_path(workdir) / CHECKPOINT_DIR}")
   if step is None:
     step = steps[-1]
   elif step not in steps:

@@ -6,6 +6,8 @@ in the nearest folder that exists, with a probe that is removed again; nothing e
 `/proc/x` or a read-only folder is refused at once.
 `write_file` writes through a temporary file beside the target and renames it into place, so an old
 file is replaced only by a complete new one; a full disk or any other failure becomes one plain error.
+In a bucket (`gs://...`, `storage.py`) the checks are the store's (credentials, server, bucket, a probe
+object written and removed), and a file is one object, which appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 
 
@@ -40,8 +43,15 @@ def _probe(path: Path, what: str, shown: Path) -> None:
     raise StarbucksError(f"{what} {shown} cannot be written: {os_problem(e)}") from None
 
 
-def check_file_output(path: str | Path, what: str = "--output") -> Path:
-  """Refuses a file output that is a folder or that cannot be created; returns it as a Path."""
+def check_file_output(path, what: str = "--output"):
+  """Refuses a file output that is a folder or that cannot be created; returns it as a Path (an
+  `epath.Path` in a bucket)."""
+  if storage.is_remote(path):
+    storage.check_store(path, what)
+    storage.check_writable(storage.as_path(path).parent, what)
+    if storage.as_path(path).is_dir():
+      raise StarbucksError(f"{what} {path} is a folder; give a file name")
+    return storage.as_path(path)
   path = Path(path)
   if path.is_dir():
     raise StarbucksError(f"{what} {path} is a folder; give a file name")
@@ -51,8 +61,14 @@ def check_file_output(path: str | Path, what: str = "--output") -> Path:
   return path
 
 
-def check_folder_output(path: str | Path, what: str = "--output") -> Path:
-  """Refuses a folder output that is a file or that cannot be created; returns it as a Path."""
+def check_folder_output(path, what: str = "--output"):
+  """Refuses a folder output that is a file or that cannot be created; returns it as a Path (an
+  `epath.Path` in a bucket)."""
+  if storage.is_remote(path):
+    storage.check_writable(path, what)
+    if storage.as_path(path).is_file():
+      raise StarbucksError(f"{what} {path} exists and is a file, not a folder")
+    return storage.as_path(path)
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise StarbucksError(f"{what} {path} exists and is a file, not a folder")
@@ -60,8 +76,17 @@ def check_folder_output(path: str | Path, what: str = "--output") -> Path:
   return path
 
 
-def write_file(path: str | Path, write: Callable, what: str = "output") -> None:
-  """Calls `write(binary file)` on a temporary file beside `path`, then renames it to `path`."""
+def write_file(path, write: Callable, what: str = "output") -> None:
+  """Calls `write(binary file)` on a temporary file beside `path`, then renames it to `path` (in a bucket:
+  writes the object, which appears when complete)."""
+  if storage.is_remote(path):
+    try:
+      with storage.as_path(path).open("wb") as f:
+        write(f)
+    except Exception as e:  # noqa: BLE001 - gcsfs and aiohttp raise many kinds; all mean "not written"
+      raise StarbucksError(f"cannot write {what} {path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") \
+          from None
+    return
   path = Path(path)
   try:
     if path.exists() and not path.is_file():  # a device or a pipe cannot be renamed onto

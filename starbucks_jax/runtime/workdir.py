@@ -9,6 +9,7 @@ A workdir holds:
   metrics.jsonl, tensorboard/, export/
 
 `model/` plus any checkpoint's `params` is everything an export needs: no data, no config file.
+A workdir may be a local folder or a bucket URL (`gs://...`, through `storage.py`).
 `resolve(path)` turns what a user names (a Hugging Face folder, a hub name, or a workdir, at its newest
 checkpoint or at `step`) into a `ModelSource`, which reads the config cheaply (to check a request before
 any weights are read) and the parameters on demand.
@@ -19,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import load
 from starbucks_jax.model.config import EncoderConfig, read_config_json
@@ -37,29 +38,29 @@ CONFIG_FILE = "config.json"
 # evaluate or export, and the mesh (a run preempted on one pod may resume on another; Orbax re-lays
 # the checkpoint out). What is trained may not change.
 VOLATILE_SETTINGS = frozenset({"checkpoint", "log_every_steps", "tensorboard", "progress_bar", "export", "eval",
-                               "mesh"})
+                               "mesh", "wandb"})
 
 
-def is_workdir(path: str | Path) -> bool:
+def is_workdir(path) -> bool:
   """A training workdir has model/config.json (its top-level config.json is the training config)."""
-  return (Path(path) / MODEL_DIR / "config.json").is_file()
+  return (storage.as_path(path) / MODEL_DIR / "config.json").is_file()
 
 
-def write_model_dir(workdir: str | Path, config: EncoderConfig, tokenizer_dir: str | Path, settings: dict) -> None:
+def write_model_dir(workdir, config: EncoderConfig, tokenizer_dir: str | Path, settings: dict) -> None:
   """Writes `workdir/model`: what an export needs besides the parameters."""
-  model_dir = Path(workdir) / MODEL_DIR
+  model_dir = storage.as_path(workdir) / MODEL_DIR
   model_dir.mkdir(parents=True, exist_ok=True)
   architecture = family_of(config).hf_names.base_architecture
   (model_dir / "config.json").write_text(json.dumps(config.to_hf_dict(architecture), indent=2) + "\n")
   for name in load.TOKENIZER_FILES:
     if (Path(tokenizer_dir) / name).is_file():
-      shutil.copyfile(Path(tokenizer_dir) / name, model_dir / name)
+      (model_dir / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
   (model_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def read_model_dir(workdir: str | Path) -> tuple[EncoderConfig, dict, Path]:
+def read_model_dir(workdir) -> tuple[EncoderConfig, dict, object]:
   """(model config, `starbucks.json` settings, the model/ folder) of a workdir."""
-  model_dir = Path(workdir) / MODEL_DIR
+  model_dir = storage.as_path(workdir) / MODEL_DIR
   if not (model_dir / "config.json").is_file():
     raise StarbucksError(f"{workdir} is not a training workdir: {model_dir / 'config.json'} is missing")
   config = config_from_hf_dict(read_config_json(model_dir / "config.json"), source=str(model_dir / "config.json"))
@@ -68,7 +69,7 @@ def read_model_dir(workdir: str | Path) -> tuple[EncoderConfig, dict, Path]:
   return config, settings, model_dir
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path, what: str) -> dict:
   try:
     value = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -78,22 +79,21 @@ def _read_json(path: Path, what: str) -> dict:
   return value
 
 
-def write_run_config(workdir: Path, config_json: str) -> None:
-  (workdir / CONFIG_FILE).write_text(config_json + "\n")
+def write_run_config(workdir, config_json: str) -> None:
+  (storage.as_path(workdir) / CONFIG_FILE).write_text(config_json + "\n")
 
 
-def check_run_config(workdir: Path, config_json: str) -> None:
+def check_run_config(workdir, config_json: str) -> None:
   """Refuses a workdir whose checkpoints come from a run with a different config (they would be resumed).
 
   `config_json`: the new run's config as JSON (its ConfigDict's `to_json_best_effort()`)."""
-  saved = workdir / CONFIG_FILE
+  saved = storage.as_path(workdir) / CONFIG_FILE
   if not saved.is_file():
     return
   previous, current = _read_json(saved, "the config of the run that wrote this workdir"), json.loads(config_json)
   changed = sorted(k for k in set(previous) | set(current)
                    if k not in VOLATILE_SETTINGS and previous.get(k) != current.get(k))
-  saved_checkpoints = workdir / checkpoints.CHECKPOINT_DIR
-  if changed and saved_checkpoints.is_dir() and any(saved_checkpoints.iterdir()):
+  if changed and checkpoints.saved_steps(workdir):
     raise StarbucksError(f"{workdir} holds checkpoints of a run with a different config (differs in: "
                          f"{', '.join(changed)}); use a new --workdir")
 
@@ -110,12 +110,12 @@ class ServingSettings:
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
   """A model to use or start from: a Hugging Face folder, or a training workdir at one of its checkpoints."""
-  model_dir: Path             # config.json and the tokenizer files
-  workdir: Path | None = None
+  model_dir: Path             # config.json and the tokenizer files (a local copy of a bucket's)
+  workdir: object = None      # a local or remote (epath) path
   step: int | None = None     # with a workdir: the checkpoint to read (None: the newest)
 
   @property
-  def name(self) -> Path:
+  def name(self):
     return self.workdir or self.model_dir
 
   def config(self) -> EncoderConfig:
@@ -141,14 +141,15 @@ class ModelSource:
 def resolve(name_or_path, *, step: int | None = None, what: str = "model") -> ModelSource:
   """The ModelSource a user names: a workdir (its newest checkpoint, or `step`), a Hugging Face folder or
   a hub name. `what` names the setting in messages ("init_from", "--model")."""
-  path = Path(name_or_path).expanduser()
+  storage.check_store(name_or_path, what)
+  path = storage.as_path(name_or_path)
   if is_workdir(path):
     steps = checkpoints.saved_steps(path)
     if not steps:
       raise StarbucksError(f"{what} {path} is a training workdir without checkpoints")
     if step is not None and step not in steps:
       raise StarbucksError(f"{path} has no checkpoint at step {step}; saved steps: {', '.join(map(str, steps))}")
-    return ModelSource(path / MODEL_DIR, path, step)
+    return ModelSource(storage.local_copy(path / MODEL_DIR, what), path, step)
   if step is not None:
     raise StarbucksError(f"a step ({step}) applies to a training workdir, and {name_or_path} is not one "
                          "(it has no model/config.json)")

@@ -10,7 +10,7 @@ all the rest of the package reads.
 Where each block's settings and defaults live:
   model       ModelOptions (below)           optimizer   training/optim.py OptimizerConfig
   mesh        runtime/sharding.py MeshConfig  checkpoint  runtime/checkpoints.py CheckpointConfig
-  grad_cache  training/grad_cache.py GradCacheConfig
+  grad_cache  training/grad_cache.py GradCacheConfig  wandb  runtime/wandb_run.py WandbConfig
   eval        EvalConfig (below)              export      ExportConfig (below)
   data, and the loss block (`starbucks` or `smae`): the task's (training/tasks/srl.py, smae.py).
 """
@@ -30,6 +30,7 @@ from starbucks_jax.model.pooling import POOLINGS, SIMILARITIES
 from starbucks_jax.pairs import parse_pairs
 from starbucks_jax.runtime.checkpoints import CheckpointConfig
 from starbucks_jax.runtime.sharding import MeshConfig
+from starbucks_jax.runtime.wandb_run import WandbConfig
 from starbucks_jax.training.grad_cache import GradCacheConfig
 from starbucks_jax.training.optim import OptimizerConfig
 
@@ -156,7 +157,8 @@ class TrainConfig:
     grad_cache: SRL: the whole batch's loss and gradients, encoded in chunks (negatives from the whole
       batch; `training/grad_cache.py`). Off by default.
     num_epochs: the run's length, unless num_steps is set.
-    log_every_steps: metrics.jsonl and TensorBoard every this many steps.
+    log_every_steps: metrics.jsonl, TensorBoard and W&B every this many steps.
+    wandb: Weights & Biases logging (`runtime/wandb_run.py`); off while wandb.project is empty.
     data: the task's data block (`data/srl.py` DataConfig, `data/smae.py` TextDataConfig).
     loss: the task's loss block (config key `starbucks` or `smae`).
   """
@@ -175,6 +177,7 @@ class TrainConfig:
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   log_every_steps: int = 10
   tensorboard: bool = True
+  wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
   progress_bar: bool = True
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)

@@ -9,7 +9,9 @@ run) come with it. With `num_layers=n` the folder is a standalone n-layer model 
 Matryoshka model). The folder is written under a temporary name and renamed when complete, so a
 half-written export never appears. An existing folder is replaced only with `overwrite`, and only when
 it holds nothing but a previous export's files: never a workdir, a checkpoint, the model being exported
-or a folder that holds any of them.
+or a folder that holds any of them. In a bucket (`gs://...`), where nothing can be renamed, the folder is
+written locally, then uploaded with config.json last (a folder without it is no model to any loader),
+and a previous export's files that the new one lacks are removed after.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import TOKENIZER_FILES
 from starbucks_jax.hf.save import save_pretrained
@@ -33,14 +36,21 @@ EXPORT_ENTRIES = frozenset(TOKENIZER_FILES) | {
     "config_sentence_transformers.json"}
 
 
-def check_export_output(output: Path, *, overwrite: bool, source: ModelSource | None = None) -> Path:
+def _is_or_holds(output, held) -> bool:
+  if storage.is_remote(output) or storage.is_remote(held):
+    output, held = str(output).rstrip("/"), str(held).rstrip("/")
+    return held == output or held.startswith(output + "/")
+  output, held = Path(output).resolve(), Path(held).resolve()
+  return output == held or output in held.parents
+
+
+def check_export_output(output, *, overwrite: bool, source: ModelSource | None = None):
   """Refuses an output folder that may not be written, before anything is loaded: a file, one that cannot
   be created, a non-empty one without `overwrite`, one holding more than a previous export, or the model
   being exported (its folder or workdir) or a folder that holds it."""
-  output = Path(output)
+  output = storage.as_path(output)
   if source is not None:
-    held = (source.workdir or source.model_dir).resolve()
-    if output.resolve() == held or output.resolve() in held.parents:
+    if _is_or_holds(output, source.workdir or source.model_dir):
       raise StarbucksError(f"--output {output} is or holds the model being exported ({source.name}); "
                            "choose another folder")
   if output.is_dir() and any(output.iterdir()):
@@ -53,13 +63,15 @@ def check_export_output(output: Path, *, overwrite: bool, source: ModelSource | 
   return outputs.check_folder_output(output, "--output")
 
 
-def write_export(params: dict, config, tokenizer_dir: Path, output: Path, *, serving: ServingSettings,
-                 num_layers: int | None = None, overwrite: bool = False) -> Path:
+def write_export(params: dict, config, tokenizer_dir: Path, output, *, serving: ServingSettings,
+                 num_layers: int | None = None, overwrite: bool = False):
   """Writes `output` from host `params`; an existing export is replaced only with `overwrite`."""
-  output = check_export_output(Path(output), overwrite=overwrite)
+  output = check_export_output(output, overwrite=overwrite)
+  remote = storage.is_remote(output)
   try:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+    if not remote:
+      output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=None if remote else output.parent, prefix=f".{output.name}.partial-"))
   except OSError as e:
     raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
   try:
@@ -67,7 +79,7 @@ def write_export(params: dict, config, tokenizer_dir: Path, output: Path, *, ser
                     pooling=serving.pooling or "cls",
                     max_seq_length=serving.max_seq_length or config.max_position_embeddings,
                     normalize=serving.normalize, with_mlm_head=serving.mlm_head)
-    _replace(output, staging)
+    _upload(output, staging) if remote else _replace(output, staging)
   except OSError as e:
     raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
   finally:
@@ -89,10 +101,20 @@ def _replace(output: Path, staging: Path) -> None:
     shutil.rmtree(previous)
 
 
-def export_params(workdir: Path, params: dict, output: Path, *, step: int, num_layers: int | None = None,
-                  overwrite: bool = False) -> Path:
+def _upload(output, staging: Path) -> None:
+  """Uploads `staging` over `output` in a bucket, config.json last; then removes what a previous export
+  there had and this one has not."""
+  before = set(storage.files_under(output)) if output.is_dir() else set()
+  storage.upload_tree(staging, output, last=("config.json",))
+  for name in sorted(before - set(storage.files_under(staging))):
+    (output / name).unlink()
+
+
+def export_params(workdir, params: dict, output, *, step: int, num_layers: int | None = None,
+                  overwrite: bool = False):
   """Writes a Hugging Face folder from host `params` of the model that `workdir/model` describes."""
-  source = ModelSource(Path(workdir) / workdir_lib.MODEL_DIR, Path(workdir))
+  workdir = storage.as_path(workdir)
+  source = ModelSource(storage.local_copy(workdir / workdir_lib.MODEL_DIR, "the workdir's model folder"), workdir)
   serving = source.serving()
   # A pre-training run's export keeps its MLM head (BertForMaskedLM); its MAE decoder stays in the checkpoint.
   serving = ServingSettings(serving.pooling or "mean", serving.max_seq_length, serving.normalize,
@@ -100,10 +122,10 @@ def export_params(workdir: Path, params: dict, output: Path, *, step: int, num_l
   write_export(params, source.config(), source.model_dir, output, serving=serving, num_layers=num_layers,
                overwrite=overwrite)
   log.info("exported step %d to %s", step, output)
-  return Path(output)
+  return output
 
 
-def export_model(source: ModelSource, output: Path, *, num_layers: int | None = None, overwrite: bool = False,
+def export_model(source: ModelSource, output, *, num_layers: int | None = None, overwrite: bool = False,
                  pooling: str | None = None, max_seq_length: int | None = None, normalize: bool = False,
                  with_mlm_head: bool = False) -> Path:
   """Writes a Hugging Face folder from a folder or a workdir's checkpoint (`workdir.resolve`).

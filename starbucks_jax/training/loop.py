@@ -23,12 +23,11 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import jax
 
 from starbucks_jax.model.registry import family_of
-from starbucks_jax.runtime import checkpoints, distributed, outputs, sharding, workdir as workdir_lib
+from starbucks_jax.runtime import checkpoints, distributed, outputs, sharding, wandb_run, workdir as workdir_lib
 from starbucks_jax.runtime.metrics import MetricsLog
 from starbucks_jax.runtime.preemption import PreemptionWatch
 from starbucks_jax.training import optim, step as train_step, tasks
@@ -101,7 +100,7 @@ class _FaultInjection:
       time.sleep(self.step_sleep)
 
 
-def _open_workdir(run: PreparedRun, workdir: Path, config_json: str, is_main: bool):
+def _open_workdir(run: PreparedRun, workdir, config_json: str, is_main: bool):
   """Writes what export needs and the config (process 0); returns the run's checkpoint manager."""
   config = run.config
   workdir.mkdir(parents=True, exist_ok=True)
@@ -123,10 +122,11 @@ def _initial_state(run: PreparedRun, run_checkpoints) -> tuple[object, int]:
   return state, start_step
 
 
-def train(config_dict, workdir: Path) -> dict:
+def train(config_dict, workdir) -> dict:
   """Runs (or resumes) training; returns a summary: final step, last metrics, export path, preempted."""
   # --- Checks that need no compilation: config, workdir, model config, pairs, data files. ---
   config = tasks.read_config(config_dict)
+  config.wandb.check()
   workdir = outputs.check_folder_output(workdir, "--workdir")
   config_json = config_dict.to_json_best_effort(indent=2)
   workdir_lib.check_run_config(workdir, config_json)
@@ -136,7 +136,8 @@ def train(config_dict, workdir: Path) -> dict:
   is_main = jax.process_index() == 0
   run_checkpoints = _open_workdir(run, workdir, config_json, is_main)
   state, start_step = _initial_state(run, run_checkpoints)
-  metrics_log = MetricsLog(workdir, resume_step=start_step, enabled=is_main, tensorboard=config.tensorboard)
+  metrics_log = MetricsLog(workdir, resume_step=start_step, enabled=is_main, tensorboard=config.tensorboard,
+                           wandb_run=wandb_run.start(config.wandb, workdir, config_dict.to_dict()) if is_main else None)
   log.info("training %s: %d steps of %d examples, pairs %s, mesh %s over %d device(s) in %d process(es)",
            run.setup.description, run.setup.total_steps, config.batch_size, run.setup.log_pairs,
            dict(run.mesh.shape), run.mesh.devices.size, jax.process_count())

@@ -313,3 +313,46 @@ def test_one_plain_error_line_from_the_command(command, args, message):
                        cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"))
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert out.returncode == 2 and lines == [message], out.stderr[-2000:]
+
+
+# --- a bucket (gs://) that cannot be used: one line, before anything loads or compiles ---
+
+def bucket_error(args, **env):
+  """stderr's lines of `python -m starbucks_jax.train` with `env` changed (None removes a variable)."""
+  environment = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+  out = subprocess.run([sys.executable, "-m", "starbucks_jax.train", "--config", QUICKSTART, *args],
+                       capture_output=True, text=True, cwd=REPO, env=environment, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  return [line for line in out.stderr.splitlines() if line.strip()]
+
+
+def test_bucket_problems_are_one_error_line(gcs, tiny_dir, tmp_path):
+  from tests.gcs_server import free_port
+  assert bucket_error(["--workdir", "gs://nobucket/run"]) == [
+      "error: --workdir gs://nobucket/run: bucket nobucket does not exist"]
+  port = free_port()  # nothing listens there
+  assert bucket_error(["--workdir", "gs://bucket/run"], STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
+                      TENSORSTORE_GCS_HTTP_URL=None) == [
+      f"error: --workdir gs://bucket/run: cannot reach the storage server 127.0.0.1:{port} (connection refused)"]
+  # Without an emulator and without credentials (no file, no metadata server): the real GCS is never asked.
+  lines = bucket_error(["--workdir", "gs://bucket/run"], STORAGE_EMULATOR_HOST=None, TENSORSTORE_GCS_HTTP_URL=None,
+                       GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "absent.json"), NO_GCE_CHECK="True")
+  assert len(lines) == 1 and lines[0].startswith("error: --workdir gs://bucket/run: no Google Cloud credentials ("), lines
+  assert "gcloud auth application-default login" in lines[0]
+
+  # In process: inputs and outputs named by the setting or flag that gave them.
+  base = ["--config", QUICKSTART, f"--config.model.name={tiny_dir}", "--config.eval.sts=()",
+          "--config.starbucks.pairs=((1,8),(2,16),(4,32))"]
+  with pytest.raises(StarbucksError, match="^data file gs://bucket/absent.jsonl does not exist$"):
+    train_main(*base, "--workdir", str(tmp_path / "a"), "--config.data.source=gs://bucket/absent.jsonl")
+  with pytest.raises(StarbucksError, match="^model.name gs://nobucket/model: bucket nobucket does not exist$"):
+    train_main(*base, "--workdir", str(tmp_path / "b"), "--config.model.name=gs://nobucket/model")
+  with pytest.raises(StarbucksError, match="^model folder gs://bucket/absent does not exist$"):
+    train_main(*base, "--workdir", str(tmp_path / "c"), "--config.init_from=gs://bucket/absent")
+  with pytest.raises(StarbucksError, match="^--output gs://nobucket/r.json: bucket nobucket does not exist$"):
+    evaluate_main("--model", str(tiny_dir), "--sts", str(STSB), "--output", "gs://nobucket/r.json")
+  with pytest.raises(StarbucksError, match="^STS file gs://bucket/absent.jsonl does not exist$"):
+    evaluate_main("--model", str(tiny_dir), "--sts", "gs://bucket/absent.jsonl", "--output", str(tmp_path / "r.json"))
+  with pytest.raises(StarbucksError, match="^workdir gs://bucket/absent does not exist$"):
+    export_main("--workdir", "gs://bucket/absent", "--output", str(tmp_path / "x"))
+  assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "r.json", "x"))

@@ -2,7 +2,6 @@
 process x 4 devices, FSDP (data=2 x fsdp=4) against pure data parallelism on 8 simulated devices, and the
 ahead-of-time `--dry_run`. Each run is the real `python -m starbucks_jax.train` on a tiny random BERT."""
 
-import json
 import os
 import subprocess
 import sys
@@ -42,7 +41,8 @@ def run(command, **env):
 
 
 def metrics(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  from starbucks_jax.runtime.metrics import read_metrics
+  return read_metrics(workdir)
 
 
 def assert_same_metrics(a, b, tolerance=1e-5):
@@ -84,7 +84,7 @@ def preempt_then_resume(command, workdir, logs):
                               stderr=subprocess.PIPE, text=True,
                               env=dict(environment, STARBUCKS_LOG_DIR=str(logs), STARBUCKS_FAULT_STEP_SLEEP="1"))
   deadline = time.time() + 300
-  while not (workdir / "metrics.jsonl").is_file() or not (workdir / "metrics.jsonl").read_text().strip():
+  while not metrics(workdir):
     assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-3000:]
     time.sleep(0.1)
   launcher.send_signal(signal.SIGTERM)
@@ -129,14 +129,21 @@ def launch_two_processes(launcher, command, workdir, logs, tmp_path):
 
 
 @pytest.mark.parametrize("task, launcher", [("srl", "local"), ("smae", "slurm")])
-def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, tiny_dir, tmp_path):
+def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, tiny_dir, tmp_path, request):
+  """The local launcher's processes share one gs:// workdir on a GCS server (fake-gcs-server, `gcs`), as a
+  TPU pod's hosts do: each writes its own checkpoint shards, process 0 the rest."""
+  from starbucks_jax import storage
   evaluate = task == "srl"  # evaluation during training: process 0 scores the gathered weights
-  logs = launch_two_processes(launcher, run_args(task, tiny_dir, tmp_path / "two", evaluate=evaluate),
-                              tmp_path / "two", tmp_path / "logs", tmp_path)
+  two = tmp_path / "two"
+  if launcher == "local":
+    request.getfixturevalue("gcs")
+    two = storage.as_path(f"gs://bucket/multihost-{tmp_path.name}/two")
+  logs = launch_two_processes(launcher, run_args(task, tiny_dir, two, evaluate=evaluate), two, tmp_path / "logs",
+                              tmp_path)
   run(run_args(task, tiny_dir, tmp_path / "one", "--cpu_devices", "4", evaluate=evaluate))
-  assert_same_metrics(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
+  assert_same_metrics(metrics(two), metrics(tmp_path / "one"))
   if evaluate:
-    rows = {r["step"]: r for r in metrics(tmp_path / "two")}
+    rows = {r["step"]: r for r in metrics(two)}
     assert all(f"eval/stsb_test/n{n}_d{d}/spearman" in rows[step] for step in (2, 4) for n, d in ((1, 8), (4, 32)))
     assert not any(k.startswith("eval/") for k in rows[1])
 
@@ -148,10 +155,12 @@ def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, 
   # Process 0 alone exports (and writes metrics): one export, made from parameters gathered from both.
   assert f"exported step {STEPS}" in (logs / "process_0.log").read_text()
   assert "exported" not in (logs / "process_1.log").read_text()
-  assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
-  from safetensors.numpy import load_file
-  a = load_file(tmp_path / "two" / "export" / "model.safetensors")
+  from safetensors.numpy import load, load_file
+  a = load((two / "export" / "model.safetensors").read_bytes())
   b = load_file(tmp_path / "one" / "export" / "model.safetensors")
+  from starbucks_jax.runtime import checkpoints
+  shards = {n.split("/")[1] for n in storage.files_under(checkpoints.step_dir(two, STEPS)) if "ocdbt.process_" in n}
+  assert shards == {"ocdbt.process_0", "ocdbt.process_1"}  # each process wrote its own
   assert a.keys() == b.keys()
   # Adam divides by sqrt(v): a gradient near zero whose last bits differ moves its weight by up to lr per
   # step, so a few weights may differ by ~1e-4 while the rest agree to float32 rounding.
