@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import urllib.parse
 import uuid
 
 from starbucks_jax import storage
@@ -57,6 +59,21 @@ class WandbConfig:
     except ImportError:
       raise StarbucksError("config.wandb.project is set, and wandb is not installed (pip install wandb, or "
                            "pip install 'starbucks_jax[wandb]')") from None
+    if self.mode == "online" and not _has_api_key():
+      raise StarbucksError("config.wandb.mode is online and no W&B API key is set (run `wandb login` or set "
+                           "WANDB_API_KEY; or log to disk with --config.wandb.mode=offline and `wandb sync` later)")
+
+
+def _has_api_key() -> bool:
+  """Whether W&B will find a key: WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes for its host."""
+  import netrc
+  if os.environ.get("WANDB_API_KEY"):
+    return True
+  host = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+  try:
+    return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+  except (OSError, netrc.NetrcParseError):
+    return False
 
 
 def start(config: WandbConfig, workdir, run_config: dict):
@@ -71,8 +88,12 @@ def start(config: WandbConfig, workdir, run_config: dict):
     run_id = uuid.uuid4().hex[:12]  # W&B's own ids are short lowercase letters and digits too
     id_file.write_text(run_id + "\n")
   directory = storage.cache_root().parent if storage.is_remote(workdir) else storage.as_path(workdir)
-  run = wandb.init(project=config.project, entity=config.entity or None, name=config.name or None,
-                   tags=list(config.tags) or None, id=run_id, resume="allow", dir=str(directory),
-                   mode=config.mode, config=run_config)
+  try:
+    run = wandb.init(project=config.project, entity=config.entity or None, name=config.name or None,
+                     tags=list(config.tags) or None, id=run_id, resume="allow", dir=str(directory),
+                     mode=config.mode, config=run_config)
+  except Exception as e:  # noqa: BLE001 - W&B raises its own kinds (usage, communication, auth)
+    raise StarbucksError(f"the W&B run could not start: {type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}") from None
   log.info("W&B run %s (%s mode) in project %s", run_id, config.mode, config.project)
   return run

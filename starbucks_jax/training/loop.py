@@ -135,9 +135,10 @@ def train(config_dict, workdir) -> dict:
                                 pooling=config.model.pooling, default_pairs=run.setup.log_pairs)
   is_main = jax.process_index() == 0
   run_checkpoints = _open_workdir(run, workdir, config_json, is_main)
+  tracking = wandb_run.start(config.wandb, workdir, config_dict.to_dict()) if is_main else None  # before compiling
   state, start_step = _initial_state(run, run_checkpoints)
   metrics_log = MetricsLog(workdir, resume_step=start_step, enabled=is_main, tensorboard=config.tensorboard,
-                           wandb_run=wandb_run.start(config.wandb, workdir, config_dict.to_dict()) if is_main else None)
+                           wandb_run=tracking)
   log.info("training %s: %d steps of %d examples, pairs %s, mesh %s over %d device(s) in %d process(es)",
            run.setup.description, run.setup.total_steps, config.batch_size, run.setup.log_pairs,
            dict(run.mesh.shape), run.mesh.devices.size, jax.process_count())

@@ -103,9 +103,13 @@ def export_main(*args):
     ("--config.optimizer.no_such_key=1", "^unknown config key optimizer.no_such_key$"),
     ("--config.batch_sise=8", '^unknown config key batch_sise; did you mean "batch_size"'),
     ("--wrkdir=x", r"^unknown flag --wrkdir \(python -m starbucks_jax.train --help lists them\)$"),
+    ("--config.wandb.mode=sometimes", "wandb.mode must be one of online, offline, disabled, got 'sometimes'"),
+    ("--config.wandb.project=p", r"config.wandb.mode is online and no W&B API key is set \(run `wandb login`"),
 ])
 def test_train_refuses_bad_settings_before_compiling(override, message, tiny_dir, tmp_path, monkeypatch):
   importlib.import_module("starbucks_jax.training.loop")  # imported before jax.jit is made to fail
+  monkeypatch.delenv("WANDB_API_KEY", raising=False)
+  monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))  # no `wandb login` either
   import jax
   monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before the error"))
   with pytest.raises(StarbucksError, match=message):

@@ -17,7 +17,7 @@ from starbucks_jax.errors import StarbucksError
 from starbucks_jax.model.dropout import hash_bits
 from starbucks_jax.runtime import sharding
 from starbucks_jax.training.grad_cache import GradCacheConfig, merge, split
-from tests.helpers import REPO, run_train, tiny_config
+from tests.helpers import REPO, tiny_config
 from tests.training import grad_cache_probe as probe
 
 TOLERANCE = 1e-5  # relative, float32
@@ -86,20 +86,41 @@ def metric_rows(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_with_grad_cache_logs_what_plain_training_logs(tiny_dir, tmp_path, caplog):
-  """The tiny model (dropout 0.1) for 3 steps of 8 triplets, plain and in chunks of 2 queries: every logged
-  loss, KL and gradient norm agrees, and the run says it uses GradCache."""
-  caplog.set_level("INFO", logger="starbucks_jax")
-  plain = run_train(tiny_config(tiny_dir, num_steps=3, **{"checkpoint.every_steps": 3}), tmp_path / "plain")
-  cached = run_train(tiny_config(tiny_dir, num_steps=3, **{"checkpoint.every_steps": 3, "grad_cache.query_chunk": 2}),
-                     tmp_path / "cached")
-  assert "GradCache in chunks of 2 queries and 4 passages" in caplog.text
-  assert plain["step"] == cached["step"] == 3
-  for a, b in zip(metric_rows(tmp_path / "plain"), metric_rows(tmp_path / "cached"), strict=True):
+def train_command(workdir, tiny_dir, *extra, **env):
+  """`python -m starbucks_jax.train` as tests/runtime/test_preemption.py runs it: the tiny model, dropout 0.1,
+  10 steps of 8 triplets, a checkpoint every 4."""
+  import os
+  import subprocess
+  from tests.runtime.test_preemption import command
+  return subprocess.run(command(workdir, tiny_dir) + list(extra), env=dict(os.environ, **env), capture_output=True,
+                        text=True, timeout=600)
+
+
+CACHED = "--config.grad_cache.query_chunk=4"
+
+
+@pytest.fixture(scope="module")
+def cached_run(tiny_dir, tmp_path_factory):
+  """An uninterrupted run in GradCache chunks of 4 queries: (workdir, its stderr)."""
+  workdir = tmp_path_factory.mktemp("cached") / "whole"
+  out = train_command(workdir, tiny_dir, CACHED)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir, out.stderr
+
+
+def test_training_with_grad_cache_logs_what_plain_training_logs(cached_run, tiny_dir, tmp_path):
+  """The same run plain and in chunks of 4 queries: every loss, KL and gradient norm of the first 3 steps
+  agrees (later, Adam's updates let float32 rounding grow), and the run says it uses GradCache."""
+  cached, stderr = cached_run
+  assert "GradCache in chunks of 4 queries and 8 passages" in stderr
+  plain = train_command(tmp_path / "plain", tiny_dir)
+  assert plain.returncode == 0, plain.stderr[-3000:]
+  rows = list(zip(metric_rows(tmp_path / "plain"), metric_rows(cached), strict=True))
+  for a, b in rows[:3]:
     assert a.keys() == b.keys()
     worst = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for k in a if k != "examples_per_sec")
     assert worst < TOLERANCE, (a, b)
-  assert metric_rows(tmp_path / "plain")[-1]["loss"] != metric_rows(tmp_path / "plain")[0]["loss"]
+  assert rows[-1][0]["loss"] != rows[0][0]["loss"]
 
 
 def test_dry_run_reports_memory_with_and_without_grad_cache(tiny_dir, capsys):
@@ -137,20 +158,12 @@ def test_a_cached_step_that_is_not_finite_is_skipped():
     assert np.array_equal(np.asarray(old), np.asarray(new), equal_nan=True)
 
 
-def test_a_killed_cached_run_resumes_bit_identically(tiny_dir, tmp_path):
+def test_a_killed_cached_run_resumes_bit_identically(cached_run, tiny_dir, tmp_path):
   """kill -9 after the checkpoint at step 4 of 10, then the same command: the final parameters and Adam
-  state equal an uninterrupted cached run's bit for bit (tests/runtime/test_preemption.py's run)."""
-  import os
-  import subprocess
-  from tests.runtime.test_preemption import assert_bit_identical, command
-
-  def cached_run(workdir, **env):
-    return subprocess.run(command(workdir, tiny_dir) + ["--config.grad_cache.query_chunk=4"],
-                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
-
-  assert cached_run(tmp_path / "whole").returncode == 0
-  killed = cached_run(tmp_path / "killed", STARBUCKS_FAULT_KILL_AT_STEP="5")
+  state equal an uninterrupted cached run's bit for bit."""
+  from tests.runtime.test_preemption import assert_bit_identical
+  killed = train_command(tmp_path / "killed", tiny_dir, CACHED, STARBUCKS_FAULT_KILL_AT_STEP="5")
   assert killed.returncode == -9, killed.stderr[-2000:]
-  resumed = cached_run(tmp_path / "killed")
+  resumed = train_command(tmp_path / "killed", tiny_dir, CACHED)
   assert resumed.returncode == 0 and "resuming from the checkpoint at step 4" in resumed.stderr, resumed.stderr[-2000:]
-  assert_bit_identical(tmp_path / "whole", tmp_path / "killed")
+  assert_bit_identical(cached_run[0], tmp_path / "killed")
