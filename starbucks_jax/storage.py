@@ -144,6 +144,14 @@ def size_of(path) -> int:
   return int(as_path(path).stat().length)
 
 
+def stored_checksum(path) -> str | None:
+  """The checksum a store keeps of an object itself (GCS: its CRC32C, computed by the server on upload), so
+  that a file need not be read back to be checked; None for a local file or a store without one."""
+  if not is_remote(path):
+    return None
+  return _filesystem(path).info(os.fspath(path)).get("crc32c")
+
+
 def refresh(path) -> None:
   """Forgets cached listings of a remote folder, so that what another process wrote is seen."""
   if is_remote(path):

@@ -2,9 +2,10 @@
 written asynchronously, the newest K kept. (The rest of a workdir: `workdir.py`.)
 
 Each checkpoint is committed atomically by Orbax (written under a temporary name, renamed when
-complete), so a half-written step is never listed. Once a save has finished, process 0 records the size
-and the CRC-32 of every file of it in `<step>/starbucks_files.json`, on a background thread (the
-training goes on meanwhile; `wait()` finishes the records). A restore first checks those files, so a
+complete; in a bucket, marked finished by a commit file), so a half-written step is never listed. Once a
+save has finished, process 0 records the size and the CRC-32 of every file of it (in a bucket: the
+CRC32C the store computed itself, so nothing is read back) in `<step>/starbucks_files.json`, on a
+background thread (the training goes on meanwhile; `wait()` finishes the records). A restore first checks those files, so a
 truncated, deleted or overwritten file (even one whose size did not change) is reported by name. A
 damaged newest checkpoint is moved to `workdir/damaged_checkpoints/` (kept, not deleted) and the run
 resumes from the one before it.
@@ -169,11 +170,17 @@ def file_crc32(path) -> int:
   return crc
 
 
+def _checksum(path) -> dict:
+  """{"crc32c": the store's own} for an object in a bucket (nothing is read back), else {"crc32": ours}."""
+  stored = storage.stored_checksum(path)
+  return {"crc32c": stored} if stored else {"crc32": file_crc32(path)}
+
+
 def record_files(workdir, step: int) -> None:
-  """Writes `<step>/starbucks_files.json`: the size and CRC-32 of every file of a finished checkpoint."""
+  """Writes `<step>/starbucks_files.json`: the size and checksum of every file of a finished checkpoint."""
   directory = step_dir(workdir, step)
   try:
-    files = {name: {"size": storage.size_of(directory / name), "crc32": file_crc32(directory / name)}
+    files = {name: {"size": storage.size_of(directory / name), **_checksum(directory / name)}
              for name in storage.files_under(directory) if name != FILES_MANIFEST}
     text = json.dumps({"step": step, "files": files}, indent=1) + "\n"
     if storage.is_remote(directory):  # an object appears whole or not at all
@@ -188,7 +195,7 @@ def record_files(workdir, step: int) -> None:
 
 def check_files(workdir, step: int, items: tuple[str, ...] | None = None) -> None:
   """Raises a StarbucksError naming the first file of checkpoint `step` that is missing, has the wrong size
-  or no longer has the CRC-32 recorded when it was saved. `items` ("params", ...) limits the check to
+  or no longer has the checksum recorded when it was saved. `items` ("params", ...) limits the check to
   those parts. A checkpoint without a manifest (killed before it was written) is left to Orbax to check."""
   directory = step_dir(workdir, step)
   manifest = directory / FILES_MANIFEST
@@ -201,14 +208,15 @@ def check_files(workdir, step: int, items: tuple[str, ...] | None = None) -> Non
   for name, entry in files.items():
     if items is not None and name.split("/")[0] not in items:
       continue
-    size, crc = (entry, None) if isinstance(entry, int) else (entry["size"], entry["crc32"])  # older lists: sizes
+    size, recorded = (entry, {}) if isinstance(entry, int) else (entry["size"], entry)  # older lists: sizes
     path = directory / name
     if not path.is_file():
       raise StarbucksError(f"checkpoint file {path} is missing")
     if storage.size_of(path) != size:
       raise StarbucksError(f"checkpoint file {path} has {storage.size_of(path)} bytes; {size} were written "
                            "(truncated or overwritten)")
-    if crc is not None and file_crc32(path) != crc:
+    now = _checksum(path) if {"crc32", "crc32c"} & set(recorded) else {}
+    if any(recorded.get(kind) != value for kind, value in now.items()):
       raise StarbucksError(f"checkpoint file {path} does not match the checksum recorded when it was saved "
                            "(its bytes changed since)")
 

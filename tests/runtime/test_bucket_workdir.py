@@ -261,3 +261,27 @@ def test_nothing_in_a_bucket_workdir_is_overwritten_by_a_refused_command(bucket_
     with pytest.raises(StarbucksError, match="is or holds the model being exported"):
       export(["--workdir", workdir, "--output", output, "--overwrite"])
   assert digest() == before
+
+
+def test_same_size_damage_in_a_bucket_is_caught_by_the_stores_own_checksum(bucket_run, tmp_path):
+  """In a bucket the file list records each object's CRC32C as the server computed it (nothing is read back
+  to checksum it): bytes changed at the same size are refused by name on restore."""
+  import fsspec
+  from starbucks_jax import storage
+  from starbucks_jax.errors import StarbucksError
+  from starbucks_jax.runtime import checkpoints
+  workdir, _ = bucket_run
+  copy = bucket_url("runs/copy")
+  fsspec.filesystem("gcs").copy(f"{workdir}/checkpoints/", f"{copy}/checkpoints", recursive=True)
+  step = checkpoints.saved_steps(copy)[-1]
+  files = json.loads((checkpoints.step_dir(copy, step) / checkpoints.FILES_MANIFEST).read_text())["files"]
+  assert all(set(entry) == {"size", "crc32c"} for entry in files.values())
+  checkpoints.check_files(copy, step)  # a server-side copy keeps every object's checksum
+  name = max((n for n in files if n.startswith("params/") and "/d/" in n), key=lambda n: files[n]["size"])
+  damaged = checkpoints.step_dir(copy, step) / name
+  data = bytearray(damaged.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  damaged.write_bytes(bytes(data))
+  assert storage.size_of(damaged) == files[name]["size"]
+  with pytest.raises(StarbucksError, match=f"checkpoint file {damaged} does not match the checksum"):
+    checkpoints.restore_params(copy, step)
