@@ -212,11 +212,13 @@ def check_files(workdir, step: int, items: tuple[str, ...] | None = None) -> Non
     path = directory / name
     if not path.is_file():
       raise StarbucksError(f"checkpoint file {path} is missing")
-    if storage.size_of(path) != size:
-      raise StarbucksError(f"checkpoint file {path} has {storage.size_of(path)} bytes; {size} were written "
+    found = storage.size_of(path)
+    if found != size:
+      raise StarbucksError(f"checkpoint file {path} has {found} bytes; {size} were written "
                            "(truncated or overwritten)")
-    now = _checksum(path) if {"crc32", "crc32c"} & set(recorded) else {}
-    if any(recorded.get(kind) != value for kind, value in now.items()):
+    # Checked the way it was recorded: our CRC-32 (the file is read) or the store's CRC32C (metadata only).
+    if ("crc32" in recorded and file_crc32(path) != recorded["crc32"]) or \
+        ("crc32c" in recorded and storage.stored_checksum(path) != recorded["crc32c"]):
       raise StarbucksError(f"checkpoint file {path} does not match the checksum recorded when it was saved "
                            "(its bytes changed since)")
 
