@@ -15,6 +15,11 @@ decoder, and the masked positions are replaced as in BERT, separately for each (
                                                       masked, -100 elsewhere (padding included)
     decoder_input_ids, decoder_labels  int32 [b, L]   the same for the decoder's mask
 
+Packed (`packing=True`, `packing.py`): the texts laid end to end in R rows of `pack_length` tokens (text i
+of the global batch has segment id i), the same arrays plus segment_ids and position_ids [R,
+pack_length], and text_lengths int32 [b]. R is fixed for the run (`pack_rows`, or estimated from the
+first batches with 10% to spare).
+
 Padding positions hold the pad id in both id arrays. L is the smallest bucket (default: 16, 32, 64, ...,
 max_length) that holds the longest row, or max_length with `fixed_lengths` (the default when
 process_count > 1, so that every host's arrays have one shape).
@@ -35,12 +40,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Sequence
 
 import numpy as np
 
 from starbucks_jax import config_blocks
-from starbucks_jax.data import sources
+from starbucks_jax.data import packing, sources
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import TEXT
 from starbucks_jax.data.masking import IGNORE, bert_replace, random_crop, whole_word_masks
@@ -72,6 +78,9 @@ class TextDataConfig:
     shuffle_buffer: streaming only: the rows of the buffer the stream is shuffled through.
     tfds_data_dir: where TFDS data sets are prepared (TFDS's default when None).
     max_examples: use only the first this many rows (quick runs).
+    packing: lay texts end to end in rows of `pack_length` tokens instead of one padded row each.
+    pack_length: tokens per packed row; None: max_length.
+    pack_rows: packed rows per host and batch; None: estimated from the first batches.
   """
   source: str = ""
   split: str = "train"
@@ -83,6 +92,14 @@ class TextDataConfig:
   shuffle_buffer: int = 10000
   tfds_data_dir: str | None = None
   max_examples: int | None = None
+  packing: bool = False
+  pack_length: int | None = None
+  pack_rows: int | None = None
+
+  @property
+  def row_length(self) -> int:
+    """Tokens per packed row."""
+    return self.pack_length or self.max_length
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source.strip():
@@ -102,6 +119,13 @@ class TextDataConfig:
                            f"decoder_mask_rate={self.decoder_mask_rate!r}")
     if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
       raise StarbucksError(f"data.max_examples must be None or a positive integer, got {self.max_examples!r}")
+    for name in ("pack_length", "pack_rows"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise StarbucksError(f"data.{name} must be None or a positive integer, got {value!r}")
+    if self.pack_length is not None and self.pack_length < self.max_length:
+      raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than data.max_length "
+                           f"{self.max_length}, the longest text")
     if self.streaming and self.source.strip().startswith("tfds:"):
       raise StarbucksError(f"data.streaming is for hf: and local sources, not {self.source.strip()}: TFDS "
                            f"sources are read by random access (set data.streaming to False)")
@@ -117,7 +141,7 @@ class TextData(HostBatches):
 
   def __init__(self, config: TextDataConfig, tokenizer, *, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, buckets: Sequence[int] | None = None,
-               fixed_lengths: bool | None = None):
+               fixed_lengths: bool | None = None, row_multiple: int = 1):
     """Opens the text; every user error of a table surfaces here, before training compiles.
 
     Args:
@@ -130,6 +154,7 @@ class TextData(HostBatches):
       buckets: lengths to pad to (default: 16, 32, 64, ...); max_length is always added.
       fixed_lengths: pad every batch to max_length; default True when process_count > 1, so that all
         hosts' arrays have the same shape.
+      row_multiple: packed rows per host are a multiple of this (the host's devices share them).
 
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size, the tokenizer).
@@ -151,6 +176,11 @@ class TextData(HostBatches):
       self._open_stream()
     else:
       self._open_table()
+    self.row_multiple = row_multiple
+    self.pack_rows = None
+    if config.packing:
+      self.pack_rows = packing.round_up(config.pack_rows or self.estimate_pack_rows(), row_multiple)
+      log.info("packing: %d rows of %d tokens per host and batch", self.pack_rows, config.row_length)
 
   def _open_stream(self) -> None:
     config = self.config
@@ -199,14 +229,32 @@ class TextData(HostBatches):
     rows = self.host_rows(self.example_indices(step))
     return self.table.read(rows, [self.config.text_column])[self.config.text_column]
 
+  def _content_ids(self, texts: list[str]) -> list[list[int]]:
+    return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                          return_token_type_ids=False, verbose=False)["input_ids"]
+
+  def estimate_pack_rows(self, steps: int = 8) -> int:
+    """10% over the most packed rows this host needs in the first `steps` batches (hosts that differ
+    agree on the most each step: `training/loop.py`)."""
+    most = 1
+    for step in range(steps if self.steps_per_epoch is None else min(steps, self.steps_per_epoch)):
+      lengths = [min(len(ids), self.config.max_length - 2) + 2 for ids in self._content_ids(self.texts(step))]
+      most = max(most, packing.rows_needed(lengths, self.config.row_length))
+    return min(math.ceil(most * 1.1), self.local_batch_size)  # never more rows than texts
+
+  def row_pads(self) -> dict[str, int]:
+    """Packed batches: the padding value of each [rows, length] array (for `packing.pad_to_rows`)."""
+    pad = self.tokenizer.pad_token_id
+    return {"input_ids": pad, "labels": IGNORE, "decoder_input_ids": pad, "decoder_labels": IGNORE}
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This host's rows of global batch `step`, masked and padded (see the module docstring)."""
-    texts = self.texts(step)
-    content = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                             return_token_type_ids=False, verbose=False)["input_ids"]
+    """This host's rows of global batch `step`, masked and padded or packed (see the module docstring)."""
+    content = self._content_ids(self.texts(step))
     first = self.process_index * self.local_batch_size
     rows = [self.example(ids, np.random.default_rng([self.seed, int(step), first + i]))
             for i, ids in enumerate(content)]
+    if self.config.packing:
+      return self._pack(rows, first)
     longest = max(len(r["input_ids"]) for r in rows)
     length = self.config.max_length if self.fixed_lengths else next(b for b in self.buckets if b >= longest)
     pad = self.tokenizer.pad_token_id
@@ -215,6 +263,17 @@ class TextData(HostBatches):
     out["labels"] = pad_rows([r["labels"] for r in rows], length, IGNORE)[0]
     out["decoder_input_ids"] = pad_rows([r["decoder_input_ids"] for r in rows], length, pad)[0]
     out["decoder_labels"] = pad_rows([r["decoder_labels"] for r in rows], length, IGNORE)[0]
+    return out
+
+  def _pack(self, examples: list[dict], first: int) -> dict[str, np.ndarray]:
+    columns = ("input_ids", "labels", "decoder_input_ids", "decoder_labels")
+    out = packing.pack({c: [e[c] for e in examples] for c in columns}, self.row_pads(),
+                       [first + i for i in range(len(examples))], length=self.config.row_length,
+                       rows=self.pack_rows, row_multiple=self.row_multiple)
+    if packing.packed_rows(out) > self.pack_rows:
+      log.warning("packing: a batch needed %d rows, more than the run's %d: a new shape to compile (set "
+                  "data.pack_rows higher to avoid it)", packing.packed_rows(out), self.pack_rows)
+    out["text_lengths"] = np.asarray([len(e["input_ids"]) for e in examples], np.int32)
     return out
 
   def example(self, content_ids: Sequence[int], rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -20,6 +20,18 @@ dropped). A host reads and tokenizes only its own rows, by random access, so res
 nothing twice and `batch(step)` is a pure function of the step. Which columns hold what is the data's
 schema (`schemas.py`).
 
+Packed (`packing=True`, `packing.py`): all the batch's texts, queries then passages, laid end to end in
+rows of `pack_length` tokens, each text numbered globally (query i of the global batch is text i,
+passage j is text B + j, B the global batch size):
+
+    input_ids, segment_ids, position_ids, attention_mask    int32 [R, pack_length]
+    query_lengths                                           int32 [b]      tokens of each query
+    passage_lengths                                         int32 [b * G]  tokens of each passage
+    labels                                                  float32 [b]    scored pairs only
+
+R is fixed for the run (`pack_rows`, or estimated from the first batches with 10% to spare); a batch
+that needs more rows takes them, a new shape.
+
 Shapes: texts are padded to the smallest bucket length that holds the batch's longest text (buckets:
 powers of two from 16, then the max length), so few shapes compile. Hosts see different rows, so their
 longest texts differ; bucketing on host-local rows would give hosts different shapes, which a
@@ -31,12 +43,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from starbucks_jax import config_blocks
-from starbucks_jax.data import schemas, sources
+from starbucks_jax.data import packing, schemas, sources
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import as_passages
 from starbucks_jax.errors import StarbucksError
@@ -69,6 +82,11 @@ class DataConfig:
     same_length: pad queries and passages of a batch to one length (the larger of their two), so the
       trainer encodes both in one forward pass and compiles one step per bucket instead of one per
       (query bucket, passage bucket) pair. Turn it off when queries are much shorter than passages.
+    packing: lay texts end to end in rows of `pack_length` tokens instead of one padded row each
+      (module docstring); one forward pass and one shape for the run.
+    pack_length: tokens per packed row; None: the larger max length. Positions restart in every text,
+      so it may exceed the model's max_position_embeddings.
+    pack_rows: packed rows per host and batch; None: estimated from the first batches.
   """
   source: str = ""
   split: str = "train"
@@ -81,6 +99,9 @@ class DataConfig:
   tfds_data_dir: str | None = None
   max_examples: int | None = None
   same_length: bool = True
+  packing: bool = False
+  pack_length: int | None = None
+  pack_rows: int | None = None
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source.strip():
@@ -93,6 +114,19 @@ class DataConfig:
         raise StarbucksError(f"data.{name} must be an integer of at least {least}, got {value!r}")
     if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
       raise StarbucksError(f"data.max_examples must be None or a positive integer, got {self.max_examples!r}")
+    for name in ("pack_length", "pack_rows"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise StarbucksError(f"data.{name} must be None or a positive integer, got {value!r}")
+    longest = max(self.query_max_length, self.passage_max_length)
+    if self.pack_length is not None and self.pack_length < longest:
+      raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than the longest text allowed "
+                           f"({longest} tokens: query_max_length, passage_max_length)")
+
+  @property
+  def row_length(self) -> int:
+    """Tokens per packed row."""
+    return self.pack_length or max(self.query_max_length, self.passage_max_length)
 
   @classmethod
   def from_config_dict(cls, cd) -> "DataConfig":
@@ -120,7 +154,7 @@ class TrainData(HostBatches):
 
   def __init__(self, config: DataConfig, tokenizer, *, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, buckets: Sequence[int] | None = None,
-               fixed_lengths: bool | None = None):
+               fixed_lengths: bool | None = None, row_multiple: int = 1):
     """Opens and validates the data; every user error surfaces here, before training compiles.
 
     Args:
@@ -133,6 +167,7 @@ class TrainData(HostBatches):
       buckets: lengths to pad to (default: 16, 32, 64, ...); each max length is always added.
       fixed_lengths: pad every batch to the max lengths; default True when process_count > 1, so that
         all hosts' arrays have the same shape.
+      row_multiple: packed rows per host are a multiple of this (the host's devices share them).
 
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size).
@@ -160,6 +195,11 @@ class TrainData(HostBatches):
     self.steps_per_epoch = self.order.steps_per_epoch
     if self.schema.passages:
       self._report_fill(passage_counts.get(self.schema.negative))
+    self.row_multiple = row_multiple
+    self.pack_rows = None
+    if config.packing:
+      self.pack_rows = packing.round_up(config.pack_rows or self.estimate_pack_rows(), row_multiple)
+      log.info("packing: %d rows of %d tokens per host and batch", self.pack_rows, config.row_length)
     log.info("%s: %d %s examples, %d passage(s) per query, %d steps per epoch of %d", self.table.name,
              self.num_examples, self.kind, self.group_size, self.steps_per_epoch, self.global_batch_size)
 
@@ -177,12 +217,12 @@ class TrainData(HostBatches):
     """The example (row) indices of global batch `step`, all hosts' rows, in batch order."""
     return self.order.indices(step)
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This host's rows of global batch `step`, tokenized and padded (see the module docstring)."""
+  def texts(self, step: int) -> tuple[list[str], list[str], np.ndarray | None]:
+    """(queries, passages, scores or None) of this host's rows of batch `step`."""
     b = self.local_batch_size
     rows = self.host_rows(self.example_indices(step))
     epoch = int(step) // self.steps_per_epoch
-    s, out = self.schema, {}
+    s, scores = self.schema, None
     if s.passages:
       queries, passages = self._group_texts(rows, epoch)
     else:
@@ -192,8 +232,30 @@ class TrainData(HostBatches):
       passage_columns = [c for c in (s.positive, s.negative) if c]
       passages = [self.config.passage_prefix + values[c][i] for i in range(b) for c in passage_columns]
       if s.score:
-        out["labels"] = np.asarray([float(v) for v in values[s.score]], np.float32)
-    queries = [self.config.query_prefix + q for q in queries]
+        scores = np.asarray([float(v) for v in values[s.score]], np.float32)
+    return [self.config.query_prefix + q for q in queries], passages, scores
+
+  def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+    return self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+  def estimate_pack_rows(self, steps: int = 8) -> int:
+    """10% over the most packed rows this host needs in the first `steps` batches (hosts that differ
+    agree on the most each step: `training/loop.py`)."""
+    most = 1
+    for step in range(min(steps, self.steps_per_epoch)):
+      queries, passages, _ = self.texts(step)
+      lengths = [len(x) for x in self._token_ids(queries, self.config.query_max_length)]
+      lengths += [len(x) for x in self._token_ids(passages, self.config.passage_max_length)]
+      most = max(most, packing.rows_needed(lengths, self.config.row_length))
+    return min(math.ceil(most * 1.1), self.local_batch_size * (1 + self.group_size))  # never more rows than texts
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's rows of global batch `step`, tokenized and padded or packed (see the module docstring)."""
+    queries, passages, scores = self.texts(step)
+    out = {} if scores is None else {"labels": scores}
+    if self.config.packing:
+      return {**out, **self._pack(queries, passages)}
     out["query_input_ids"], out["query_attention_mask"] = self._encode(
         queries, self.config.query_max_length, self.query_buckets)
     out["passage_input_ids"], out["passage_attention_mask"] = self._encode(
@@ -207,9 +269,26 @@ class TrainData(HostBatches):
         out[f"{side}_attention_mask"] = np.pad(out[f"{side}_attention_mask"], ((0, 0), (0, pad)))
     return out
 
+  def _pack(self, queries: list[str], passages: list[str]) -> dict[str, np.ndarray]:
+    query_ids = self._token_ids(queries, self.config.query_max_length)
+    passage_ids = self._token_ids(passages, self.config.passage_max_length)
+    b, big_b, h = len(query_ids), self.global_batch_size, self.process_index
+    text_ids = [h * b + i for i in range(b)] + [big_b + h * len(passage_ids) + j for j in range(len(passage_ids))]
+    out = packing.pack({"input_ids": query_ids + passage_ids}, {"input_ids": self.tokenizer.pad_token_id}, text_ids,
+                       length=self.config.row_length, rows=self.pack_rows, row_multiple=self.row_multiple)
+    if packing.packed_rows(out) > self.pack_rows:
+      log.warning("packing: a batch needed %d rows, more than the run's %d: a new shape to compile (set "
+                  "data.pack_rows higher to avoid it)", packing.packed_rows(out), self.pack_rows)
+    out["query_lengths"] = np.asarray([len(x) for x in query_ids], np.int32)
+    out["passage_lengths"] = np.asarray([len(x) for x in passage_ids], np.int32)
+    return out
+
+  def row_pads(self) -> dict[str, int]:
+    """Packed batches: the padding value of each [rows, length] array (for `packing.pad_to_rows`)."""
+    return {"input_ids": self.tokenizer.pad_token_id}
+
   def _encode(self, texts: list[str], max_length: int, buckets: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    ids = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
-                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    ids = self._token_ids(texts, max_length)
     longest = max(len(x) for x in ids)
     length = max_length if self.fixed_lengths else next(b for b in buckets if b >= longest)
     return pad_rows(ids, length, self.tokenizer.pad_token_id)

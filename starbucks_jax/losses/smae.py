@@ -18,6 +18,11 @@ only at the masked positions: each row's labelled positions are gathered into `s
 (a static count, so one compile per padded length). The number of slots comes from the mask rate: the
 masker never labels more than `num_to_predict(rate, length)` tokens of a row, and the metric
 `dropped_labels` counts any labels that did not fit (0 unless a batch was masked more densely).
+
+Packed rows (`data/packing.py`: the batch has segment_ids, position_ids and text_lengths): the encoder and
+the decoder layer attend within each text, each text's CLS vector is its token at position 0, and the
+MAE decoder takes each text's transformed CLS vector at that token. A packed row holds several texts,
+each of which may round its masked count up, so its slots get length / 8 more than one text's count.
 """
 
 from __future__ import annotations
@@ -89,9 +94,11 @@ class SmaeSpec:
   def forward_layers(self) -> int:
     return max(n for n, _ in self.pairs)
 
-  def slots(self, length: int, rate: Optional[float]) -> int:
-    """Gathered positions per row for a batch padded to `length`."""
-    return length if rate is None else min(length, num_to_predict(rate, length))
+  def slots(self, length: int, rate: Optional[float], packed: bool = False) -> int:
+    """Gathered positions per row for a batch padded (or packed) to `length`."""
+    if rate is None:
+      return length
+    return min(length, num_to_predict(rate, length) + (length // 8 if packed else 0))
 
   def log_pairs(self) -> tuple:
     return tuple(self.pairs)
@@ -100,12 +107,14 @@ class SmaeSpec:
 def check_batch(batch: dict, spec: SmaeSpec) -> None:
   """Raises a StarbucksError naming a missing key or a shape that disagrees (trace time only)."""
   needed = BATCH_KEYS if spec.uses_decoder else BATCH_KEYS[:3]
+  if "segment_ids" in batch:
+    needed = needed + ("segment_ids", "position_ids", "text_lengths")
   missing = [k for k in needed if k not in batch]
   if missing:
     raise StarbucksError(f"SMAE batch lacks {', '.join(missing)}; it needs {', '.join(needed)}")
   shape = batch["input_ids"].shape
   for k in needed:
-    if batch[k].shape != shape:
+    if k != "text_lengths" and batch[k].shape != shape:
       raise StarbucksError(f"SMAE batch: {k} has shape {batch[k].shape}, input_ids {shape}")
 
 
@@ -181,10 +190,11 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     encoder_rng, *decoder_rngs = jax.random.split(dropout_rng, 3)
   head = params["mlm_head"]
   transform = lambda h: head_transform(head, h, layer_norm_eps=model_config.layer_norm_eps, dtype=dtype)
+  packed = packed_inputs(batch)
   out = family.apply(params, batch["input_ids"], batch["attention_mask"], config=model_config,
                      num_layers=spec.forward_layers(), dtype=dtype, deterministic=deterministic,
-                     dropout_rng=encoder_rng, remat=remat)
-  encoder_slots = spec.slots(length, spec.encoder_mask_rate) if spec.gather else None
+                     dropout_rng=encoder_rng, remat=remat, **packed)
+  encoder_slots = spec.slots(length, spec.encoder_mask_rate, bool(packed)) if spec.gather else None
 
   masked = LabelledPositions(batch["labels"], encoder_slots)
   names, transformed, labels, dropped = [], [], [], masked.dropped
@@ -194,7 +204,7 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     labels.append(masked.labels)
 
   if spec.uses_decoder:
-    decoder_slots = spec.slots(length, spec.decoder_mask_rate) if spec.gather else None
+    decoder_slots = spec.slots(length, spec.decoder_mask_rate, "segment_ids" in batch) if spec.gather else None
     mae = _mae_terms(params, batch, out, transform, spec, model_config, dtype, decoder_slots, decoder_rngs)
     names += mae[0]
     transformed += mae[1]
@@ -209,22 +219,40 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
   return loss, {**losses, "dropped_labels": dropped}
 
 
+def packed_inputs(batch: dict) -> dict:
+  """The family's packed-row arguments for a packed batch; {} otherwise."""
+  if "segment_ids" not in batch:
+    return {}
+  return {"segment_ids": batch["segment_ids"], "position_ids": batch["position_ids"],
+          "num_texts": batch["text_lengths"].shape[0]}
+
+
 def _mae_terms(params, batch, out, transform, spec: SmaeSpec, model_config, dtype, slots, rngs):
   """The MAE decoder's (names, transformed states, labels, dropped labels): one term per pair, each the
-  decoder run over the embedded decoder input with the pair's transformed CLS vector at position 0."""
+  decoder run over the embedded decoder input with the pair's transformed CLS vector at position 0
+  (of each row; of each text in packed rows)."""
   family = family_of(model_config)
   deterministic = rngs is None
   embed_rng, decoder_rng = (None, None) if deterministic else rngs
+  packed = packed_inputs(batch)
   decoder_input = family.embed(params, batch["decoder_input_ids"], config=model_config, dtype=dtype,
-                               deterministic=deterministic, dropout_rng=embed_rng)
-  # c per pair: the head transform of the pair's CLS vector, cut to d dims; it takes position 0.
-  cls = jnp.stack([transform(out.hidden_states[n][:, 0, :d]) for n, d in spec.pairs])  # [pairs, batch, hidden]
+                               deterministic=deterministic, dropout_rng=embed_rng,
+                               position_ids=packed.get("position_ids"))
   inputs = jnp.broadcast_to(decoder_input, (len(spec.pairs),) + decoder_input.shape)
-  inputs = inputs.at[:, :, 0].set(cls.astype(inputs.dtype))
+  if packed:
+    # c per pair and text, [pairs, texts, hidden], put back at each text's first token.
+    cls = jnp.stack([transform(out.cls[n][:, :d]) for n, d in spec.pairs])
+    text = jnp.clip(batch["segment_ids"], 0, packed["num_texts"] - 1)
+    first = (batch["position_ids"] == 0) & (batch["attention_mask"] > 0)
+    inputs = jnp.where(first[None, :, :, None], cls[:, text].astype(inputs.dtype), inputs)
+  else:
+    # c per pair: the head transform of the pair's CLS vector, cut to d dims; it takes position 0.
+    cls = jnp.stack([transform(out.hidden_states[n][:, 0, :d]) for n, d in spec.pairs])  # [pairs, batch, hidden]
+    inputs = inputs.at[:, :, 0].set(cls.astype(inputs.dtype))
 
   def decode(x, rng):
     return family.apply_layer(params["mae_decoder"], x, batch["attention_mask"], config=model_config, dtype=dtype,
-                              deterministic=deterministic, dropout_rng=rng)
+                              deterministic=deterministic, dropout_rng=rng, segment_ids=packed.get("segment_ids"))
 
   if deterministic:
     decoded = jax.vmap(lambda x: decode(x, None))(inputs)

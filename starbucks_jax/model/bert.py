@@ -5,6 +5,15 @@
 every layer's CLS and masked-mean pooled vectors. With `num_layers=n` it stops after layer n: the
 layers above are never traced, so they cost nothing and need not even be in `params`.
 
+Packed rows (`data/packing.py`): given `segment_ids` (each token's text; `num_texts` or more on
+padding) and `position_ids` (restarting at 0 for each text), a token attends only to its own text, and
+the pooled vectors are per text ([num_texts, hidden]), not per row. The math per text is the same as
+that text alone in a padded row.
+
+Attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on a GPU in bfloat16, XLA
+elsewhere: `attention_implementation`), except while attention dropout is active: that API has no
+dropout, so training with `attention_probs_dropout_prob > 0` keeps the explicit einsum form.
+
 Parameters stay float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax, LayerNorm
 statistics and pooling run in float32 either way. The dense layers are `dense.Dense`: flax's Dense,
 whose bfloat16 products return float32 on the CPU (`dense.py` says why).
@@ -79,12 +88,12 @@ class Embeddings(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, deterministic: bool, row_ids=None):
+  def __call__(self, input_ids, token_type_ids, deterministic: bool, row_ids=None, position_ids=None):
     cfg = self.config
     init = nn.initializers.normal(cfg.initializer_range)
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=self.dtype,
                                      param_dtype=jnp.float32, name=name)
-    positions = jnp.arange(input_ids.shape[1])[None, :]
+    positions = jnp.arange(input_ids.shape[1])[None, :] if position_ids is None else position_ids
     x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
          + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
@@ -92,24 +101,39 @@ class Embeddings(nn.Module):
     return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic, row_ids=row_ids)
 
 
+def attention_implementation(dtype) -> str:
+  """`jax.nn.dot_product_attention`'s implementation: "cudnn" (the fused kernel) on a GPU in bfloat16 or
+  float16, which is all cuDNN takes; "xla" otherwise. (JAX's own default, None, is XLA everywhere.)"""
+  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return "cudnn"
+  return "xla"
+
+
 class SelfAttention(nn.Module):
-  """Multi-head self-attention over unpadded keys, with its output projection."""
+  """Multi-head self-attention where `mask` ([batch, 1, 1 or length, length], bool) allows, with its
+  output projection."""
   config: BertConfig
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask_bias, deterministic: bool, row_ids=None):
+  def __call__(self, x, mask, deterministic: bool, row_ids=None):
     cfg = self.config
     batch, length, _ = x.shape
     split = lambda t: t.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
     q = split(_dense(cfg, cfg.hidden_size, self.dtype, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, self.dtype, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, self.dtype, "value")(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (cfg.head_dim ** -0.5) + mask_bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic, row_ids=row_ids)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    if deterministic or cfg.attention_probs_dropout_prob <= 0:
+      # q, k, v share one dtype here: under dense.py's CPU bfloat16 products they come out float32.
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                             implementation=attention_implementation(q.dtype)).astype(self.dtype)
+    else:
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+      # The most negative float32 on masked keys, as transformers does: they receive no attention.
+      scores = jnp.where(mask, scores * (cfg.head_dim ** -0.5), jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(scores, axis=-1)
+      probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic, row_ids=row_ids)
+      context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
     return _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
 
 
@@ -119,10 +143,10 @@ class EncoderLayer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask_bias, deterministic: bool, row_ids=None):
+  def __call__(self, x, mask, deterministic: bool, row_ids=None):
     cfg = self.config
     dropout = Dropout(cfg.hidden_dropout_prob)
-    attended = SelfAttention(cfg, self.dtype, name="attention")(x, mask_bias, deterministic, row_ids)
+    attended = SelfAttention(cfg, self.dtype, name="attention")(x, mask, deterministic, row_ids)
     x = _layer_norm(cfg, self.dtype, "attention_layer_norm")(
         x + dropout(attended, deterministic=deterministic, row_ids=row_ids))
     h = _dense(cfg, cfg.intermediate_size, self.dtype, "intermediate")(x)
@@ -140,12 +164,13 @@ def gelu(x: jnp.ndarray) -> jnp.ndarray:
   return x * (0.5 + 0.5 * jax.lax.erf(x * (2 ** -0.5)))
 
 
-def attention_bias(attention_mask: jnp.ndarray) -> jnp.ndarray:
-  """[batch, length] 0/1 mask -> [batch, 1, 1, length] additive bias for the attention scores.
-
-  Padded keys get the most negative float32, as transformers does, so they receive no attention.
-  """
-  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+def attention_mask_of(attention_mask: jnp.ndarray, segment_ids: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """Which keys each query may attend to, bool: [batch, 1, 1, length] (unpadded keys) from the [batch,
+  length] 0/1 mask, or with `segment_ids` [batch, 1, length, length] (keys of the query's own text;
+  padding tokens share an id, so no query row is empty)."""
+  if segment_ids is None:
+    return attention_mask[:, None, None, :] > 0
+  return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
 
 
 class BertEncoder(nn.Module):
@@ -156,7 +181,8 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               num_layers: Optional[int] = None, deterministic: bool = True, row_ids=None) -> EncoderOutput:
+               num_layers: Optional[int] = None, deterministic: bool = True, row_ids=None,
+               segment_ids=None, position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
     cfg = self.config
     num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 0 <= num_layers <= cfg.num_hidden_layers:
@@ -168,54 +194,55 @@ class BertEncoder(nn.Module):
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    mask_bias = attention_bias(attention_mask)
+    mask = attention_mask_of(attention_mask, segment_ids)
     x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic,
-                                                                                  row_ids))
+                                                                                  row_ids, position_ids))
     hidden_states = [x]
     # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
     layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
     for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
-      x = constrain_activations(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic, row_ids))
+      x = constrain_activations(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask, deterministic, row_ids))
       hidden_states.append(x)
-    return EncoderOutput(
-        hidden_states=tuple(hidden_states),
-        cls=tuple(pooling.cls_pool(h) for h in hidden_states),
-        mean=tuple(pooling.mean_pool(h, attention_mask) for h in hidden_states),
-    )
+    return pooling.encoder_output(tuple(hidden_states), attention_mask, segment_ids, position_ids, num_texts)
 
 
 def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig,
           num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
-          dropout_rng: Optional[jax.Array] = None, remat: bool = False, row_ids=None) -> EncoderOutput:
+          dropout_rng: Optional[jax.Array] = None, remat: bool = False, row_ids=None, segment_ids=None,
+          position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
   """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part.
 
   `row_ids` [batch]: each row's index in the whole batch, for dropout masks that do not depend on how a
   batch is split (`model/dropout.py`); None: the rows are the whole batch.
+  `segment_ids`, `position_ids` [batch, length] and `num_texts`: packed rows (see the module docstring).
   """
   encoder_params = params["encoder"] if "encoder" in params else params
   rngs = None if deterministic else {"dropout": dropout_rng}
   return BertEncoder(config, dtype, remat).apply({"params": encoder_params}, input_ids, attention_mask, token_type_ids,
                                           num_layers=num_layers, deterministic=deterministic, row_ids=row_ids,
+                                          segment_ids=segment_ids, position_ids=position_ids, num_texts=num_texts,
                                           rngs=rngs)
 
 
 def embed(params, input_ids, token_type_ids=None, *, config: BertConfig, dtype: Dtype = jnp.float32,
-          deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+          deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, position_ids=None) -> jnp.ndarray:
   """The embedding layer's output [batch, length, hidden] alone (SMAE's decoder input)."""
   encoder_params = params["encoder"] if "encoder" in params else params
   if token_type_ids is None:
     token_type_ids = jnp.zeros_like(input_ids)
   rngs = None if deterministic else {"dropout": dropout_rng}
   return constrain_activations(Embeddings(config, dtype).apply({"params": encoder_params["embeddings"]}, input_ids,
-                                                    token_type_ids, deterministic, rngs=rngs))
+                                                    token_type_ids, deterministic, None, position_ids, rngs=rngs))
 
 
 def apply_layer(layer_params, x, attention_mask, *, config: BertConfig, dtype: Dtype = jnp.float32,
-                deterministic: bool = True, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
-  """One encoder layer with the given parameters (an `encoder/layer_{i}` tree) over [batch, length, hidden]."""
+                deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, segment_ids=None) -> jnp.ndarray:
+  """One encoder layer with the given parameters (an `encoder/layer_{i}` tree) over [batch, length, hidden];
+  with `segment_ids`, attention stays within each packed text."""
   rngs = None if deterministic else {"dropout": dropout_rng}
   return constrain_activations(EncoderLayer(config, dtype).apply({"params": layer_params}, x.astype(dtype),
-                                                      attention_bias(attention_mask), deterministic, rngs=rngs))
+                                                      attention_mask_of(attention_mask, segment_ids), deterministic,
+                                                      rngs=rngs))
 
 
 def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:

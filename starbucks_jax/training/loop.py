@@ -25,7 +25,9 @@ import signal
 import time
 
 import jax
+import numpy as np
 
+from starbucks_jax.data import packing
 from starbucks_jax.model.registry import family_of
 from starbucks_jax.runtime import checkpoints, distributed, outputs, sharding, wandb_run, workdir as workdir_lib
 from starbucks_jax.runtime.metrics import MetricsLog
@@ -176,6 +178,14 @@ def _evaluate(evaluator: TrainingEvaluator, state, mesh, done: int, is_main: boo
   return scores
 
 
+def _agree_packed_rows(local_batch: dict, data) -> dict:
+  """Packed batches of several hosts: every host pads its rows to the most any host packed this step, so
+  the global arrays have one shape (hosts number their rows on their own: `data/packing.py`)."""
+  from jax.experimental import multihost_utils
+  rows = int(np.max(multihost_utils.process_allgather(np.int32(packing.packed_rows(local_batch)))))
+  return packing.pad_to_rows(local_batch, rows, data.row_pads())
+
+
 def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_checkpoints, is_main: bool):
   """Steps from `start_step` to the end or to a preemption; returns (state, steps done, the last logged
   metrics, whether it was preempted). Every checkpoint is on disk when it returns."""
@@ -193,6 +203,8 @@ def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_
   for step in range(start_step, total_steps):
     local_batch = pending.result()
     pending = prefetch.submit(setup.data.batch, step + 1) if step + 1 < total_steps else None
+    if jax.process_count() > 1 and "segment_ids" in local_batch:
+      local_batch = _agree_packed_rows(local_batch, setup.data)
     state, metrics = run.step_fn(state, sharding.put_batch(local_batch, mesh))
     window_steps += 1
     done = step + 1

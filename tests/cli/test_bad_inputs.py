@@ -105,6 +105,10 @@ def export_main(*args):
     ("--wrkdir=x", r"^unknown flag --wrkdir \(python -m starbucks_jax.train --help lists them\)$"),
     ("--config.wandb.mode=sometimes", "wandb.mode must be one of online, offline, disabled, got 'sometimes'"),
     ("--config.wandb.project=p", r"config.wandb.mode is online and no W&B API key is set \(run `wandb login`"),
+    ("--config.data.packing=True --config.grad_accum_steps=2", "data.packing does not combine with grad_cache "
+                                                               "or grad_accum_steps > 1 yet"),
+    ("--config.data.packing=True --config.data.pack_length=16", "data.pack_length 16 is shorter than the longest "
+                                                                r"text allowed \(32 tokens"),
 ])
 def test_train_refuses_bad_settings_before_compiling(override, message, tiny_dir, tmp_path, monkeypatch):
   importlib.import_module("starbucks_jax.training.loop")  # imported before jax.jit is made to fail
@@ -114,7 +118,7 @@ def test_train_refuses_bad_settings_before_compiling(override, message, tiny_dir
   monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before the error"))
   with pytest.raises(StarbucksError, match=message):
     train_main("--config", QUICKSTART, "--workdir", str(tmp_path / "run"), f"--config.model.name={tiny_dir}",
-               "--config.starbucks.pairs=((1,8),(2,16),(4,32))", override)
+               "--config.starbucks.pairs=((1,8),(2,16),(4,32))", *override.split())
   assert not (tmp_path / "run").exists()
 
 

@@ -74,9 +74,9 @@ def test_every_dense_product_of_a_bfloat16_layer_step_takes_bfloat16_operands():
                       intermediate_size=64, max_position_embeddings=16)
   layer = bert.EncoderLayer(config, jnp.bfloat16)
   x = jnp.ones((2, 8, 32), jnp.bfloat16)
-  mask_bias = jnp.zeros((2, 1, 1, 8), jnp.float32)
-  params = layer.init(jax.random.PRNGKey(0), x, mask_bias, True)
-  grad = jax.grad(lambda p, h: jnp.sum(layer.apply(p, h, mask_bias, True).astype(jnp.float32)), argnums=(0, 1))
+  mask = jnp.ones((2, 1, 1, 8), bool)
+  params = layer.init(jax.random.PRNGKey(0), x, mask, True)
+  grad = jax.grad(lambda p, h: jnp.sum(layer.apply(p, h, mask, True).astype(jnp.float32)), argnums=(0, 1))
   operands = _dot_operand_types(jax.jit(grad).lower(params, x).as_text())
   rank = lambda tensor_type: tensor_type.count("x")  # "tensor<2x8x32xbf16>" has rank 3
   dense = [pair for pair in operands if rank(pair[0]) <= 3]  # attention's rank-4 [b, h, q, k] products aside

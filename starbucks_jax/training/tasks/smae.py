@@ -58,7 +58,8 @@ class SmaeStepSettings:
                      deterministic=not dropout, dropout_rng=rng if dropout else None, remat=self.remat)
 
   def rows(self, batch: dict) -> int:
-    return batch["input_ids"].shape[0]
+    """Examples (texts) in the batch."""
+    return batch["text_lengths" if "segment_ids" in batch else "input_ids"].shape[0]
 
 
 def make_smae_spec(config: TrainConfig, model_config: EncoderConfig) -> SmaeSpec:
@@ -79,8 +80,12 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
   if data_config.max_length > model_config.max_position_embeddings:
     raise StarbucksError(f"data.max_length {data_config.max_length} exceeds the model's "
                          f"max_position_embeddings {model_config.max_position_embeddings}")
+  if data_config.packing and config.grad_accum_steps > 1:
+    raise StarbucksError("data.packing does not combine with grad_accum_steps > 1 yet: micro-batches split a "
+                         "batch by rows, and a packed row holds several texts")
   data = TextData(data_config, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
-                  process_index=jax.process_index(), process_count=jax.process_count())
+                  process_index=jax.process_index(), process_count=jax.process_count(),
+                  row_multiple=jax.local_device_count())
   settings = SmaeStepSettings(model_config=model_config, spec=spec, dtype=config.model.dtype,
                               remat=config.model.remat, grad_accum_steps=config.grad_accum_steps)
   trainable = ("encoder", "mlm_head", "mae_decoder") if spec.uses_decoder else ("encoder", "mlm_head")

@@ -3,7 +3,7 @@
 Its config blocks are `data` (`data/srl.py` DataConfig: pairs, triplets, scored pairs or Tevatron
 groups) and `starbucks` (`StarbucksConfig`: the schedule of (layer, dim) pairs, the objective, the KL).
 Its step runs the encoder once per side (queries and passages; once for both when they are padded
-alike), pools every layer the loss reads, and hands those vectors to `losses/srl.py`.
+alike or packed), pools every layer the loss reads, and hands those vectors to `losses/srl.py`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class SrlStepSettings:
 
   def rows(self, batch: dict) -> int:
     """Examples (queries) in the batch; passage arrays hold a whole number of rows per query."""
-    return batch["query_input_ids"].shape[0]
+    return batch["query_lengths" if is_packed(batch) else "query_input_ids"].shape[0]
 
   def passes(self, batch: dict, rng: jax.Array) -> tuple[list[list[Side]], jax.Array]:
     """(the encoder passes, each a list of sides, the loss's rng). Queries and passages padded to the same
@@ -105,12 +105,13 @@ class SrlStepSettings:
     passage = Side(passage_ids, batch["passage_attention_mask"], passage_rng, query.rows if one_pass else 0, chunks[1])
     return ([[query, passage]] if one_pass else [[query], [passage]]), loss_rng
 
-  def encode(self, params, input_ids, attention_mask, dropout_rng, row_ids=None) -> dict:
-    """{layer: [rows, hidden] float32} for every layer the loss reads."""
+  def encode(self, params, input_ids, attention_mask, dropout_rng, row_ids=None, **packed) -> dict:
+    """{layer: [rows, hidden] float32} for every layer the loss reads; [texts, hidden] for packed rows
+    (`packed`: segment_ids, position_ids, num_texts)."""
     out = family_of(self.model_config).apply(
         params, input_ids, attention_mask, config=self.model_config, num_layers=self.spec.forward_layers(),
         dtype=DTYPES[self.dtype], deterministic=not self.uses_dropout, dropout_rng=dropout_rng, remat=self.remat,
-        row_ids=row_ids)
+        row_ids=row_ids, **packed)
     return {n: out.pooled(n, self.pooling) for n in self.spec.pooled_layers()}
 
   def pooled_loss(self, pooled: list[dict], batch: dict, rng: jax.Array):
@@ -118,9 +119,22 @@ class SrlStepSettings:
     return srl_loss(query, passage, batch.get("labels"), self.spec, rng)
 
 
+def is_packed(batch: dict) -> bool:
+  return "segment_ids" in batch
+
+
 def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings):
   """(loss, metrics) for one batch; `metrics` holds each pair's loss. Each encoder pass runs once over
-  its sides, one after the other (`SrlStepSettings.passes`)."""
+  its sides, one after the other (`SrlStepSettings.passes`); packed rows are one pass whose texts are
+  the global batch's queries, then its passages (`data/srl.py`)."""
+  if is_packed(batch):
+    dropout_rng, loss_rng = jax.random.split(rng)
+    queries, passages = batch["query_lengths"].shape[0], batch["passage_lengths"].shape[0]
+    vectors = settings.encode(params, batch["input_ids"], batch["attention_mask"], dropout_rng,
+                              segment_ids=batch["segment_ids"], position_ids=batch["position_ids"],
+                              num_texts=queries + passages)
+    pooled = [{n: v[:queries] for n, v in vectors.items()}, {n: v[queries:] for n, v in vectors.items()}]
+    return settings.pooled_loss(pooled, batch, loss_rng)
   passes, loss_rng = settings.passes(batch, rng)
   pooled = []
   for sides in passes:
@@ -159,9 +173,13 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                            f"max_position_embeddings {model_config.max_position_embeddings}")
   if spec.mode == "separate":  # the model is cut to the pair's layer count and trained as that
     model_config = model_config.replace(num_hidden_layers=spec.pairs[0][0])
+  if config.data.packing and (config.grad_cache.enabled or config.grad_accum_steps > 1):
+    raise StarbucksError("data.packing does not combine with grad_cache or grad_accum_steps > 1 yet: their "
+                         "chunks split a batch by rows, and a packed row holds texts of several examples")
   tokenizer = load_tokenizer(source.model_dir)
   data = TrainData(config.data, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
-                   process_index=jax.process_index(), process_count=jax.process_count())
+                   process_index=jax.process_index(), process_count=jax.process_count(),
+                   row_multiple=jax.local_device_count())
   objective = get_objective(spec.objective)
   if objective.scored != (data.schema.score is not None):
     raise StarbucksError(f"objective {spec.objective!r} does not fit {data.kind} data ({spec.objective} needs "

@@ -1,0 +1,116 @@
+"""Packed rows: several texts laid end to end in rows of a fixed token budget, instead of one padded row each.
+
+Short texts in long padded rows pay for every pad token; packing pays only for the rounding at the
+end of each row. A packed batch holds, besides the per-token arrays of its texts, [rows, length]:
+
+    segment_ids    int32   the token's text id; PAD_SEGMENT on padding
+    position_ids   int32   the token's position within its own text (0 at its first token)
+    attention_mask int32   1 on a text's tokens, 0 on padding
+
+The model lets a token attend only to tokens of its own text and pools per text id
+(`model/pooling.packed_pools`), so each text's vectors are those it gets alone in a padded row.
+
+Text ids are global: host h of H numbers its texts after those of hosts 0..h-1, so pooled vectors come
+out in the order of the unpacked global batch however the rows were filled. The number of texts per
+batch is fixed by the batch size, and the number of rows is fixed per run (`rows`); a batch whose texts
+do not fit takes more rows, rounded up to a multiple of `row_multiple` (a new shape, compiled once).
+
+Placement is first-fit decreasing: texts by length, longest first (ties by id), each into the first
+row with room. It is a pure function of the lengths, so a batch stays a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+# The segment id of padding tokens: above any text id, so pooling drops them (segment sums keep only ids
+# below the number of texts), and shared by all padding, so a padding token attends to padding only and
+# no attention row is empty.
+PAD_SEGMENT = 2 ** 30
+PACKED_KEYS = ("segment_ids", "position_ids", "attention_mask")
+
+
+def first_fit(lengths: Sequence[int], capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """(row of each text, its start in the row, rows used) of first-fit decreasing into rows of `capacity`."""
+  lengths = np.asarray(lengths, np.int64)
+  if len(lengths) and (lengths.max() > capacity or lengths.min() < 1):
+    raise ValueError(f"text lengths must be in 1..{capacity}, got {lengths.min()}..{lengths.max()}")
+  order = np.lexsort((np.arange(len(lengths)), -lengths))  # longest first, ties by index
+  row_of = np.zeros(len(lengths), np.int64)
+  start_of = np.zeros(len(lengths), np.int64)
+  used: list[int] = []  # tokens used in each open row
+  for i in order:
+    n = lengths[i]
+    row = next((r for r, u in enumerate(used) if u + n <= capacity), len(used))
+    if row == len(used):
+      used.append(0)
+    row_of[i], start_of[i] = row, used[row]
+    used[row] += n
+  return row_of, start_of, len(used)
+
+
+def round_up(n: int, multiple: int) -> int:
+  return max(multiple, math.ceil(n / multiple) * multiple)
+
+
+def rows_needed(lengths: Sequence[int], capacity: int, row_multiple: int = 1) -> int:
+  """The rows first-fit decreasing takes for these lengths, rounded up to a multiple of `row_multiple`."""
+  return round_up(first_fit(lengths, capacity)[2], row_multiple)
+
+
+def pack(columns: Mapping[str, Sequence[Sequence[int]]], pads: Mapping[str, int], text_ids: Sequence[int], *,
+         length: int, rows: int, row_multiple: int = 1) -> dict[str, np.ndarray]:
+  """Packs texts into int32 [R, length] arrays.
+
+  Args:
+    columns: name -> one sequence per text (all columns of a text have the same length), e.g.
+      {"input_ids": [...]} or SMAE's ids and labels.
+    pads: name -> the value of that column on padding.
+    text_ids: each text's (global) id, below PAD_SEGMENT.
+    length: tokens per row.
+    rows: the least number of rows R; more (a multiple of `row_multiple`) when the texts need them.
+
+  Returns:
+    the columns, plus segment_ids, position_ids and attention_mask (module docstring).
+  """
+  names = list(columns)
+  lengths = [len(x) for x in columns[names[0]]]
+  for name in names[1:]:
+    if [len(x) for x in columns[name]] != lengths:
+      raise ValueError(f"packed column {name} has other lengths than {names[0]}")
+  row_of, start_of, used = first_fit(lengths, length)
+  total = max(rows, round_up(used, row_multiple))
+  out = {name: np.full((total, length), pads[name], np.int32) for name in names}
+  out["segment_ids"] = np.full((total, length), PAD_SEGMENT, np.int32)
+  out["position_ids"] = np.zeros((total, length), np.int32)
+  out["attention_mask"] = np.zeros((total, length), np.int32)
+  for i, (row, start, n) in enumerate(zip(row_of, start_of, lengths)):
+    span = slice(start, start + n)
+    for name in names:
+      out[name][row, span] = columns[name][i]
+    out["segment_ids"][row, span] = text_ids[i]
+    out["position_ids"][row, span] = np.arange(n)
+    out["attention_mask"][row, span] = 1
+  return out
+
+
+def packed_rows(batch: Mapping[str, np.ndarray]) -> int:
+  return int(batch["segment_ids"].shape[0])
+
+
+def pad_to_rows(batch: Mapping[str, np.ndarray], rows: int, pads: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """The batch with empty rows appended to its [rows, length] arrays up to `rows` (hosts of a multi-host run
+  agree on the largest count). `pads`: the padding value of each row array other than PACKED_KEYS'."""
+  have = packed_rows(batch)
+  if rows < have:
+    raise ValueError(f"cannot pad {have} packed rows down to {rows}")
+  row_pads = {"segment_ids": PAD_SEGMENT, "position_ids": 0, "attention_mask": 0, **pads}
+  out = dict(batch)
+  for name, value in row_pads.items():
+    if name in batch and rows > have:
+      x = batch[name]
+      out[name] = np.concatenate([x, np.full((rows - have,) + x.shape[1:], value, x.dtype)])
+  return out

@@ -1,0 +1,89 @@
+"""Packed steps compute what unpacked steps compute: on the same examples (real SNLI text), with dropout
+off, the loss and every gradient of all-MiniLM-L6-v2 agree to 1e-5 (float32) and each text's pooled vectors agree, for SRL
+and SMAE. Gradients are compared against the largest gradient entry of the model: some are zero in exact
+arithmetic (attention key biases shift every score of a query alike) and only rounding noise remains.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from starbucks_jax.data.smae import TextData, TextDataConfig
+from starbucks_jax.data.srl import DataConfig, TrainData
+from starbucks_jax.hf.load import load_pretrained
+from starbucks_jax.losses.smae import SmaeSpec, init_decoder_params, smae_loss
+from starbucks_jax.model.mlm_head import init_mlm_head_params
+from starbucks_jax.model.registry import family_of
+from starbucks_jax.training.tasks.srl import SrlStepSettings, StarbucksConfig, compute_loss, make_loss_spec
+from tests.helpers import REPO
+
+SNLI = REPO / "data" / "quickstart" / "snli_triplets.jsonl"
+TOLERANCE = 1e-5
+
+pytestmark = pytest.mark.usefixtures("datasets_cache")
+
+
+@pytest.fixture(scope="module")
+def model(minilm_dir):
+  # The real model: a random one's gradients are small and noisy enough that rounding shows at 1e-5.
+  loaded = load_pretrained(minilm_dir)
+  return loaded.params, loaded.config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def loss_and_grads(loss_fn, params, batch):
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, batch)
+  return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+def assert_same_step(unpacked, packed):
+  (loss_a, _, grads_a), (loss_b, _, grads_b) = unpacked, packed
+  assert abs(loss_b - loss_a) <= TOLERANCE * abs(loss_a), (loss_a, loss_b)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads_a))
+  worst = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)))
+  assert worst <= TOLERANCE * scale, (worst, scale)
+
+
+def test_packed_srl_step_equals_the_unpacked_step(model, tokenizer):
+  """Mean pooling and the score KL in the step; both poolings of every layer compared after it."""
+  params, config = model
+  data = dict(source=str(SNLI), query_max_length=32, passage_max_length=48)
+  spec = make_loss_spec(StarbucksConfig(pairs=((1, 32), (3, 128), (6, 384))), config)
+  settings = SrlStepSettings(model_config=config, spec=dataclasses.replace(spec, group_size=2), pooling="mean")
+  loss_fn = lambda p, b: compute_loss(p, b, jax.random.key(0), settings)
+  unpacked = TrainData(DataConfig(**data, same_length=False), tokenizer, global_batch_size=8, seed=0).batch(2)
+  packed = TrainData(DataConfig(**data, packing=True), tokenizer, global_batch_size=8, seed=0).batch(2)
+  assert packed["input_ids"].size < unpacked["query_input_ids"].size + unpacked["passage_input_ids"].size
+  assert_same_step(loss_and_grads(loss_fn, params, unpacked), loss_and_grads(loss_fn, params, packed))
+
+  # Each text's pooled vectors at every layer, from the family's forward pass.
+  family = family_of(config)
+  texts = packed["query_lengths"].shape[0] + packed["passage_lengths"].shape[0]
+  out = family.apply(params, packed["input_ids"], packed["attention_mask"], config=config,
+                     segment_ids=packed["segment_ids"], position_ids=packed["position_ids"], num_texts=texts)
+  queries = family.apply(params, unpacked["query_input_ids"], unpacked["query_attention_mask"], config=config)
+  passages = family.apply(params, unpacked["passage_input_ids"], unpacked["passage_attention_mask"], config=config)
+  for layer in range(config.num_hidden_layers + 1):
+    for kind in ("cls", "mean"):
+      expected = jnp.concatenate([queries.pooled(layer, kind), passages.pooled(layer, kind)])
+      np.testing.assert_allclose(out.pooled(layer, kind), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_smae_step_equals_the_unpacked_step(model, tokenizer):
+  params, config = model
+  params = dict(params, mlm_head=init_mlm_head_params(config, jax.random.key(1)))
+  params["mae_decoder"] = init_decoder_params(params["encoder"], config)
+  spec = SmaeSpec(pairs=((1, 32), (3, 128), (6, 384)), num_model_layers=6, hidden_size=384,
+                  encoder_mask_rate=0.2, decoder_mask_rate=0.4)
+  loss_fn = lambda p, b: smae_loss(p, b, spec=spec, model_config=config)
+  data = dict(source=str(SNLI), text_column="anchor", max_length=48)
+  unpacked = TextData(TextDataConfig(**data), tokenizer, global_batch_size=8, seed=0).batch(1)
+  packed = TextData(TextDataConfig(**data, packing=True), tokenizer, global_batch_size=8, seed=0).batch(1)
+  assert packed["input_ids"].shape[0] < unpacked["input_ids"].shape[0]
+  a, b = loss_and_grads(loss_fn, params, unpacked), loss_and_grads(loss_fn, params, packed)
+  assert int(a[1]["dropped_labels"]) == int(b[1]["dropped_labels"]) == 0
+  for name in a[1]:  # every pair's MLM and MAE term, not only their mean
+    assert abs(float(a[1][name]) - float(b[1][name])) <= TOLERANCE * max(1.0, abs(float(a[1][name]))), name
+  assert_same_step(a, b)
