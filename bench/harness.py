@@ -95,7 +95,8 @@ class JaxStep:
 
   def __init__(self, fn: Callable, state, *rest):
     start = time.perf_counter()
-    self.compiled = jax.jit(fn, donate_argnums=0).lower(state, *rest).compile()
+    from starbucks_jax.training.step import compiler_options  # the options training compiles its step with
+    self.compiled = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options()).lower(state, *rest).compile()
     self.compile_s = time.perf_counter() - start
     self.state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else jnp.asarray(x), state)
     self.rest = rest

@@ -82,7 +82,8 @@ def jit_step(settings, tx, mesh, state_shardings):
       return train_step.train_step(state, batch, tx=tx, settings=settings)
 
   return jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 compiler_options=train_step.compiler_options())
 
 
 class _FaultInjection:
