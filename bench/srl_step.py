@@ -6,6 +6,9 @@
         --query-length 32 --length 196 --variants jax       # the MS MARCO shape, on a GPU
     python bench/srl_step.py --queries 256 --group 4 --variants jax,jax-cached --grad-cache 32
                                                             # GradCache against the plain step, same batch
+    python bench/srl_step.py --shape bert-base --dtype bfloat16 --queries 128 --group 8 --query-length 32 \
+        --length 196 --query-lengths bench/lengths/msmarco_queries.json \
+        --lengths bench/lengths/msmarco_passages.json --variants jax [--packing]   # MS MARCO lengths (GPU)
 
 Variants (--variants, comma-separated):
   jax         our step: SrlLossSpec starbucks, six pairs, score KL, cosine x 20, one forward pass
@@ -18,21 +21,53 @@ Variants (--variants, comma-separated):
 The batch: `--queries` queries and `--group` passages each (positive + hard negatives), fixed random
 token ids, every position real, dropout 0.1. Both frameworks load the same weights from one Hugging Face
 folder (MiniLM: the packaged model; BERT-base: random weights saved once). Model FLOPs are counted by
-`starbucks_jax/training/flops.py` (matmuls only); the peak is the large-matmul rate measured in the same run.
+`starbucks_jax/training/flops.py` (matmuls only); the peak is the large-matmul rate measured in the same run
+(on an H200 with --dtype bfloat16: its 989 TFLOP/s dense bf16 peak, `harness.peak_gflops`).
+
+Variable lengths and packing (jax and jax-2dmse only):
+  --lengths FILE / --query-lengths FILE  draw each passage's / query's token count (with [CLS] and [SEP]) from a
+              histogram of real data (bench/lengths/*.json, see its README), cut at --length / --query-length
+              as the tokenizer truncates; random token ids, padding after each text. Unpacked, each side is
+              padded as the trainer pads it (data/srl.py, same_length off): to the smallest bucket (16, 32,
+              64, ..., the max length) that holds the side's longest text.
+  --packing   the same texts laid end to end (data/packing.py, first-fit decreasing) in rows of
+              max(--query-length, --length) tokens: as many rows as first-fit needs for this batch (a
+              training run fixes ~10% more, data.pack_rows), or --pack-rows.
+  With either, the table's FLOPs and MFU count the shapes actually executed (padded rows, or packed rows
+  whose attention spans the whole row), tok/s counts real tokens, and a line per variant adds the padding
+  ratio and the useful FLOPs (each text's own length, the work with no padding at all) and their MFU.
+  --bf16-dot auto|on|off sets STARBUCKS_BF16_DOT (starbucks_jax/model/dense.py) before starbucks_jax loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+
+def _set_bf16_dot_env(argv: list) -> None:
+  """--bf16-dot X sets STARBUCKS_BF16_DOT before starbucks_jax is imported (dense.py reads it)."""
+  for i, arg in enumerate(argv):
+    if arg == "--bf16-dot" and i + 1 < len(argv):
+      os.environ["STARBUCKS_BF16_DOT"] = argv[i + 1]
+    elif arg.startswith("--bf16-dot="):
+      os.environ["STARBUCKS_BF16_DOT"] = arg.split("=", 1)[1]
+
+
+_set_bf16_dot_env(sys.argv)
+
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
 from starbucks_jax import pairs as pairs_lib  # noqa: E402
+from starbucks_jax.data import packing  # noqa: E402
+from starbucks_jax.data.batching import bucket_list  # noqa: E402
 from starbucks_jax.hf import load as pretrained  # noqa: E402
 from starbucks_jax.losses.srl_spec import SrlLossSpec  # noqa: E402
 from starbucks_jax.training import flops, optim, step as train_step  # noqa: E402
@@ -60,6 +95,122 @@ def make_batch(queries: int, group: int, length: int, query_length: int = 0) -> 
   p = harness.random_ids(rng, queries * group, length)
   return {"query_input_ids": q, "query_attention_mask": np.ones_like(q),
           "passage_input_ids": p, "passage_attention_mask": np.ones_like(p)}
+
+
+def sample_lengths(path: str, count: int, max_length: int, rng: np.random.Generator) -> np.ndarray:
+  """`count` token counts drawn from a bench/lengths histogram, cut at `max_length`."""
+  with open(path) as f:
+    counts = json.load(f)["counts"]
+  values = np.asarray([int(k) for k in counts])
+  weights = np.asarray([counts[k] for k in counts], np.float64)
+  return np.clip(rng.choice(values, size=count, p=weights / weights.sum()), 2, max_length)
+
+
+def padded_ids(rng: np.random.Generator, lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, attention mask) [len(lengths), bucket]: random ids, [CLS] ... [SEP], pad id 0 after each text; the
+  bucket is the trainer's (data/batching.py) that holds the longest text."""
+  width = next(b for b in bucket_list(None, max_length) if b >= lengths.max())
+  ids = harness.random_ids(rng, len(lengths), width)
+  mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32)
+  ids[np.arange(len(lengths)), lengths - 1] = 102
+  ids[mask == 0] = 0
+  return ids, mask
+
+
+def make_variable_batch(queries: int, group: int, length: int, query_length: int, lengths: str,
+                        query_lengths: str) -> dict:
+  """Like make_batch, but each text's length drawn from the length files (a side without one is full)."""
+  rng = np.random.default_rng(0)
+  q_max = query_length or length
+  q_n = (sample_lengths(query_lengths, queries, q_max, rng) if query_lengths
+         else np.full(queries, q_max))
+  p_n = (sample_lengths(lengths, queries * group, length, rng) if lengths
+         else np.full(queries * group, length))
+  q, q_mask = padded_ids(rng, q_n, q_max)
+  p, p_mask = padded_ids(rng, p_n, length)
+  return {"query_input_ids": q, "query_attention_mask": q_mask,
+          "passage_input_ids": p, "passage_attention_mask": p_mask}
+
+
+def pack_batch(batch: dict, row_length: int, rows: int = 0) -> dict:
+  """The unpacked batch's texts (each row's real tokens) packed as data/srl.py packs them: queries are texts
+  0..B-1, passages B.. in query-major order; `rows` 0: as many rows as first-fit needs."""
+  texts, lengths = [], {}
+  for side in ("query", "passage"):
+    ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+    n = mask.sum(axis=1).astype(np.int32)
+    texts += [ids[i, :n[i]] for i in range(len(n))]
+    lengths[f"{side}_lengths"] = n
+  out = packing.pack({"input_ids": texts}, {"input_ids": 0}, list(range(len(texts))), length=row_length,
+                     rows=rows or 1)
+  return {**out, **lengths}
+
+
+@dataclasses.dataclass
+class Layout:
+  """What a batch executes and what it holds: [rows, width] arrays per encoder pass, and each text's tokens."""
+  passes: list  # (rows, width) of each encoder pass
+  text_lengths: np.ndarray  # every text's real tokens
+  packed: bool
+
+  @classmethod
+  def of(cls, batch: dict) -> "Layout":
+    if "segment_ids" in batch:
+      lengths = np.concatenate([batch["query_lengths"], batch["passage_lengths"]])
+      return cls([batch["input_ids"].shape], lengths, True)
+    lengths = np.concatenate([batch["query_attention_mask"].sum(1), batch["passage_attention_mask"].sum(1)])
+    return cls([batch["query_input_ids"].shape, batch["passage_input_ids"].shape], lengths, False)
+
+  @property
+  def real_tokens(self) -> int:
+    return int(self.text_lengths.sum())
+
+  @property
+  def executed_tokens(self) -> int:
+    return int(sum(r * w for r, w in self.passes))
+
+  def describe(self) -> str:
+    shapes = " + ".join(f"{r} x {w}" for r, w in self.passes)
+    return f"{'packed' if self.packed else 'padded'} {shapes}"
+
+
+def layout_flops(config, pairs, queries: int, group: int, layout: Layout) -> tuple[float, float]:
+  """(executed, useful) model FLOPs: the encoder over the arrays as executed (padding and whole packed rows
+  included), and over each text at its own length; both plus every pair's similarity matrices."""
+  layers = max(n for n, _ in pairs)
+  scores = flops.srl_step_flops(config, pairs=pairs, queries=queries, group_size=group, query_length=0,
+                                passage_length=0)  # length 0: the similarity matrices alone
+  executed = sum(flops.encoder_flops(config, r, w, layers) for r, w in layout.passes)
+  useful = sum(flops.encoder_flops(config, 1, int(n), layers) for n in layout.text_lengths)
+  return flops.TRAIN_FACTOR * executed + scores, flops.TRAIN_FACTOR * useful + scores
+
+
+def bf16_dot_label() -> str:
+  """STARBUCKS_BF16_DOT and what it comes to here for bfloat16: e.g. "auto->on" on the CPU, "auto->off" on a GPU."""
+  from starbucks_jax.model import dense
+  return f"{dense.bf16_dot_setting()}->{'on' if dense.uses_bf16_dot('bfloat16') else 'off'}"
+
+
+@dataclasses.dataclass
+class LayoutRow(harness.Row):
+  """A Row with the layout's figures (padding, useful FLOPs) added to its JSON."""
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def as_dict(self) -> dict:
+    d = super().as_dict()
+    useful = self.extra.get("useful_gflop")
+    if useful is not None:
+      d["useful_gflops_per_s"] = useful / self.step_s
+      d["useful_mfu"] = useful / self.step_s / self.peak_gflops
+    return {**d, **self.extra}
+
+
+def print_layout(rows: list) -> None:
+  for row in rows:
+    d = row.as_dict()
+    print(f"  {d['variant']}: {d['layout']}, {d['real_tokens']} real of {d['executed_tokens']} tokens "
+          f"(padding {100 * d['padding_ratio']:.1f}%), {d['texts']} texts; executed {d['model_gflop']:.1f} GFLOP "
+          f"(MFU {100 * d['mfu']:.1f}%), useful {d['useful_gflop']:.1f} GFLOP (MFU {100 * d['useful_mfu']:.1f}%)")
 
 
 def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode: str = "starbucks",
@@ -105,12 +256,23 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
   return (lambda: torch_peers.train_step(lambda: loss(columns, None), optimizer, args.dtype)), None, None
 
 
-def make_row(variant, args, timing, model_flops, peak, peak_bytes, xla) -> harness.Row:
+def make_row(variant, args, timing, model_flops, peak, peak_bytes, xla, layout=None) -> harness.Row:
   query_length = args.query_length or args.length
   tokens = args.queries * (query_length + args.group * args.length)
   shape = f"{args.shape} {args.queries}q x {args.group} x {query_length}/{args.length} tok"
-  return harness.Row("srl_step", variant, shape, args.dtype, timing, args.queries, tokens, model_flops, peak,
-                     peak_bytes, xla, harness.command_line())
+  if layout is None:
+    return harness.Row("srl_step", variant, shape, args.dtype, timing, args.queries, tokens, model_flops, peak,
+                       peak_bytes, xla, harness.command_line())
+  executed, useful = model_flops
+  if args.lengths or args.query_lengths:
+    shape += " msmarco-like lengths" if "msmarco" in (args.lengths or args.query_lengths) else " sampled lengths"
+  shape += f", {layout.describe()}"
+  extra = {"layout": layout.describe(), "packed": layout.packed, "texts": len(layout.text_lengths),
+           "real_tokens": layout.real_tokens, "executed_tokens": layout.executed_tokens,
+           "padding_ratio": 1 - layout.real_tokens / layout.executed_tokens, "useful_gflop": useful / 1e9,
+           "bf16_dot": bf16_dot_label(), "flops_counted": "executed shapes"}
+  return LayoutRow("srl_step", variant, shape, args.dtype, timing, args.queries, layout.real_tokens, executed, peak,
+                   peak_bytes, xla, harness.command_line(), extra=extra)
 
 
 def main():
@@ -120,27 +282,49 @@ def main():
   p.add_argument("--group", type=int, default=2, help="passages per query (1 positive + group-1 hard negatives)")
   p.add_argument("--length", type=int, default=32, help="passage tokens (and query tokens unless --query-length)")
   p.add_argument("--query-length", type=int, default=0)
+  p.add_argument("--lengths", default=None, help="passage lengths histogram (bench/lengths/*.json)")
+  p.add_argument("--query-lengths", default=None, help="query lengths histogram (bench/lengths/*.json)")
+  p.add_argument("--packing", action="store_true", help="pack the texts in rows (data/packing.py)")
+  p.add_argument("--pack-rows", type=int, default=0, help="packed rows; 0: as many as first-fit needs")
+  p.add_argument("--bf16-dot", default="auto", choices=["auto", "on", "off"],
+                 help="STARBUCKS_BF16_DOT: the custom bf16->f32 dot (model/dense.py); auto: on the CPU only")
   p.add_argument("--remat", action="store_true")
   p.add_argument("--grad-cache", type=int, default=32, help="jax-cached: queries per chunk")
   harness.add_step_flags(p, default_variants="jax,torch", default_repeats=5)
   args = p.parse_args()
   variants = harness.parse_variants(p, args, VARIANTS)
+  variable = bool(args.lengths or args.query_lengths or args.packing)
+  if variable and any(v not in ("jax", "jax-2dmse") for v in variants):
+    p.error("--lengths, --query-lengths and --packing take the variants jax and jax-2dmse only")
 
   folder, model, pairs = load(args.shape)
-  batch = make_batch(args.queries, args.group, args.length, args.query_length)
+  if variable:
+    batch = make_variable_batch(args.queries, args.group, args.length, args.query_length, args.lengths,
+                                args.query_lengths)
+    if args.packing:
+      batch = pack_batch(batch, max(args.length, args.query_length), args.pack_rows)
+  else:
+    batch = make_batch(args.queries, args.group, args.length, args.query_length)
   if args.memory_of:
     harness.print_peak_memory(build(args.memory_of, args, folder, model, pairs, batch)[0])
     return
   peak, peak_note = harness.peak_gflops(args.peak_gflops, args.dtype)
-  # 2dmse trains two of the pairs a step, but the encoder work (all of the count that matters) is the same.
-  model_flops = flops.srl_step_flops(model.config, pairs=pairs, queries=args.queries, group_size=args.group,
-                                     query_length=args.query_length or args.length, passage_length=args.length)
+  layout = Layout.of(batch) if variable else None
+  if variable:
+    model_flops = layout_flops(model.config, pairs, args.queries, args.group, layout)
+  else:
+    # 2dmse trains two of the pairs a step, but the encoder work (all of the count that matters) is the same.
+    model_flops = flops.srl_step_flops(model.config, pairs=pairs, queries=args.queries, group_size=args.group,
+                                       query_length=args.query_length or args.length, passage_length=args.length)
   print(harness.machine())
   rows = harness.measure_variants(
       variants, args, lambda v: build(v, args, folder, model, pairs, batch),
-      lambda v, timing, peak_bytes, xla: make_row(v, args, timing, model_flops, peak, peak_bytes, xla))
-  print(f"\nSRL step, {rows[0].shape}, {args.dtype}, pairs {pairs}, score KL, dropout 0.1, median of {args.repeats}")
+      lambda v, timing, peak_bytes, xla: make_row(v, args, timing, model_flops, peak, peak_bytes, xla, layout))
+  print(f"\nSRL step, {rows[0].shape}, {args.dtype}, pairs {pairs}, score KL, dropout 0.1, median of {args.repeats}"
+        + (f", bf16 dot {rows[0].extra['bf16_dot']}" if variable else ""))
   harness.print_table(rows, f"{peak:.0f} GFLOP/s ({peak_note})")
+  if variable:
+    print_layout(rows)
   by_name = {r.variant: r.step_s for r in rows}
   for ours, theirs in (("jax", "torch"), ("jax-2dmse", "torch-2dmse")):
     if ours in by_name and theirs in by_name:

@@ -17,12 +17,17 @@ Two things the profile of our training steps showed on the CPU (`bench/profile_s
   autocast: the float32 activations measured 10% faster here than casting each result back to
   bfloat16. On GPU and TPU, whose matrix units accumulate bfloat16 in float32 anyway and where
   activation memory matters more, the plain bfloat16 dot is kept (this rule is unmeasured there).
+  The environment variable STARBUCKS_BF16_DOT overrides the rule: `auto` (the default: `dot` on the CPU
+  only), `on` (`dot` for bfloat16 on every backend) or `off` (the plain bfloat16 dot everywhere). It is
+  read when a step is traced, so set it before the first step compiles; `bench/device_check.sh` times
+  both settings on a GPU (the bench scripts' --bf16-dot flag sets it).
 Float32 operands always take the plain dot. `Dense` has the parameters of `flax.linen.Dense`
 ({kernel [in, out], bias [out]}, float32), so checkpoints and the Hugging Face mapping do not see it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -57,9 +62,25 @@ def _dot_backward(residuals, cotangent):
 dot.defvjp(_dot_forward, _dot_backward)
 
 
+BF16_DOT_ENV = "STARBUCKS_BF16_DOT"
+BF16_DOT_SETTINGS = ("auto", "on", "off")
+
+
+def bf16_dot_setting() -> str:
+  """STARBUCKS_BF16_DOT: "auto" (unset or empty too), "on" or "off"; a ValueError for anything else."""
+  value = os.environ.get(BF16_DOT_ENV, "").strip().lower() or "auto"
+  if value not in BF16_DOT_SETTINGS:
+    raise ValueError(f"{BF16_DOT_ENV} must be one of {', '.join(BF16_DOT_SETTINGS)}, got {value!r}")
+  return value
+
+
 def uses_bf16_dot(dtype) -> bool:
-  """True where `dot` is taken instead of the plain dot: bfloat16 compute on the CPU backend."""
-  return jnp.dtype(dtype) == jnp.bfloat16 and _on_cpu()
+  """True where `dot` is taken instead of the plain dot: bfloat16 compute on the CPU backend (`auto`), or
+  on every backend (`on`), or nowhere (`off`), as STARBUCKS_BF16_DOT says (module docstring)."""
+  if jnp.dtype(dtype) != jnp.bfloat16:
+    return False
+  setting = bf16_dot_setting()
+  return _on_cpu() if setting == "auto" else setting == "on"
 
 
 def matmul(x: jnp.ndarray, w: jnp.ndarray, dtype, out_dtype=None) -> jnp.ndarray:
