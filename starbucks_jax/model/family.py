@@ -74,11 +74,13 @@ class ModelFamily:
       dtype, deterministic=True, dropout_rng=None, remat=False, row_ids=None) -> `pooling.EncoderOutput`,
       every layer's hidden states and pooled vectors up to `num_layers`. `row_ids` [batch] are the rows'
       indices in the whole batch; dropout masks must depend on them, not on the position in `input_ids`,
-      so that GradCache's chunked passes drop what one pass would (`model/dropout.py`).
-    embed: (params, input_ids, *, config, dtype, deterministic, dropout_rng) -> the embedding output
-      alone (SMAE's decoder input).
-    apply_layer: (layer_params, x, attention_mask, *, config, dtype, deterministic, dropout_rng) -> one
-      encoder layer (SMAE's decoder).
+      so that GradCache's chunked passes drop what one pass would (`model/dropout.py`). Packed rows
+      (`data/packing.py`) add `segment_ids`, `position_ids` [batch, length] and `num_texts`: attention
+      within each text, positions restarting in each, and pooled vectors per text ([num_texts, hidden]).
+    embed: (params, input_ids, *, config, dtype, deterministic, dropout_rng, position_ids=None) -> the
+      embedding output alone (SMAE's decoder input).
+    apply_layer: (layer_params, x, attention_mask, *, config, dtype, deterministic, dropout_rng,
+      segment_ids=None) -> one encoder layer (SMAE's decoder).
     init_params: (config, rng, *, with_mlm_head=False) -> a freshly initialised parameter tree.
     init_pooler_params: (config, rng) -> the pooler's parameters (an export needs one).
     word_embeddings: params -> the [vocab, hidden] table the MLM head's decoder is tied to.
