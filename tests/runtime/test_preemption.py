@@ -20,7 +20,7 @@ from tests.helpers import REPO
 STEPS, EVERY = 10, 4
 
 
-def command(workdir, model_dir, num_steps=STEPS):
+def command(workdir, model_dir, num_steps=STEPS, extra=()):
   overrides = [f"--config.model.name={model_dir}", "--config.data.max_examples=96", "--config.batch_size=8",
                f"--config.num_steps={num_steps}", f"--config.checkpoint.every_steps={EVERY}",
                "--config.log_every_steps=1", "--config.starbucks.pairs=((1,8),(2,16),(4,32))",
@@ -28,12 +28,12 @@ def command(workdir, model_dir, num_steps=STEPS):
                "--config.progress_bar=False", "--config.optimizer.lr=1e-3", "--config.eval.sts=()",
                "--config.tensorboard=False"]
   return [sys.executable, "-m", "starbucks_jax.train", "--config", str(REPO / "configs" / "quickstart.py"),
-          "--workdir", str(workdir)] + overrides
+          "--workdir", str(workdir)] + overrides + list(extra)
 
 
-def train(workdir, model_dir, **env):
-  return subprocess.run(command(workdir, model_dir), env=dict(os.environ, **env), capture_output=True, text=True,
-                        timeout=600)
+def train(workdir, model_dir, extra=(), **env):
+  return subprocess.run(command(workdir, model_dir, extra=extra), env=dict(os.environ, **env), capture_output=True,
+                        text=True, timeout=600)
 
 
 def final_state(workdir):
@@ -82,6 +82,21 @@ def test_kill_at_a_random_step_then_restart_is_bit_identical(whole_run, tiny_dir
   from starbucks_jax.runtime.metrics import read_metrics
   drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
   assert drop_timing(read_metrics(tmp_path)) == drop_timing(read_metrics(whole_run))
+
+
+def test_a_packed_run_killed_and_restarted_is_bit_identical(tiny_dir, tmp_path):
+  """Packed batches (`data.packing`, dropout on) are a pure function of the step too: the row count is
+  re-estimated the same on restart and each batch is packed the same."""
+  packed = ["--config.data.packing=True"]
+  whole = train(tmp_path / "whole", tiny_dir, extra=packed)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  assert "packing: " in whole.stderr
+  kill_at = random.randrange(EVERY + 1, STEPS)
+  killed = train(tmp_path / "run", tiny_dir, extra=packed, STARBUCKS_FAULT_KILL_AT_STEP=str(kill_at))
+  assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+  resumed = train(tmp_path / "run", tiny_dir, extra=packed)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert_bit_identical(tmp_path / "run", tmp_path / "whole")
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(tiny_dir, tmp_path):
