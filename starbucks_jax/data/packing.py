@@ -13,7 +13,7 @@ The model lets a token attend only to tokens of its own text and pools per text 
 Text ids are global: host h of H numbers its texts after those of hosts 0..h-1, so pooled vectors come
 out in the order of the unpacked global batch however the rows were filled. The number of texts per
 batch is fixed by the batch size, and the number of rows is fixed per run (`rows`); a batch whose texts
-do not fit takes more rows, rounded up to a multiple of `row_multiple` (a new shape, compiled once).
+do not fit takes more rows, in steps of about rows / 16 (`overflow_step`; a new shape, compiled once).
 
 Placement is first-fit decreasing: texts by length, longest first (ties by id), each into the first
 row with room. It is a pure function of the lengths, so a batch stays a pure function of (seed, step).
@@ -56,6 +56,11 @@ def round_up(n: int, multiple: int) -> int:
   return max(multiple, math.ceil(n / multiple) * multiple)
 
 
+def overflow_step(rows: int, row_multiple: int) -> int:
+  """Rows a batch that overflows `rows` grows by, in steps of about 1/16 of them: few extra shapes."""
+  return round_up(math.ceil(rows / 16), row_multiple)
+
+
 def rows_needed(lengths: Sequence[int], capacity: int, row_multiple: int = 1) -> int:
   """The rows first-fit decreasing takes for these lengths, rounded up to a multiple of `row_multiple`."""
   return round_up(first_fit(lengths, capacity)[2], row_multiple)
@@ -71,7 +76,7 @@ def pack(columns: Mapping[str, Sequence[Sequence[int]]], pads: Mapping[str, int]
     pads: name -> the value of that column on padding.
     text_ids: each text's (global) id, below PAD_SEGMENT.
     length: tokens per row.
-    rows: the least number of rows R; more (a multiple of `row_multiple`) when the texts need them.
+    rows: the least number of rows R; more (in steps of `overflow_step`) when the texts need them.
 
   Returns:
     the columns, plus segment_ids, position_ids and attention_mask (module docstring).
@@ -82,7 +87,8 @@ def pack(columns: Mapping[str, Sequence[Sequence[int]]], pads: Mapping[str, int]
     if [len(x) for x in columns[name]] != lengths:
       raise ValueError(f"packed column {name} has other lengths than {names[0]}")
   row_of, start_of, used = first_fit(lengths, length)
-  total = max(rows, round_up(used, row_multiple))
+  total = rows if used <= rows else rows + round_up(used - rows, overflow_step(rows, row_multiple))
+  total = round_up(total, row_multiple)
   out = {name: np.full((total, length), pads[name], np.int32) for name in names}
   out["segment_ids"] = np.full((total, length), PAD_SEGMENT, np.int32)
   out["position_ids"] = np.zeros((total, length), np.int32)

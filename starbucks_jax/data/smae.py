@@ -17,8 +17,8 @@ decoder, and the masked positions are replaced as in BERT, separately for each (
 
 Packed (`packing=True`, `packing.py`): the texts laid end to end in R rows of `pack_length` tokens (text i
 of the global batch has segment id i), the same arrays plus segment_ids and position_ids [R,
-pack_length], and text_lengths int32 [b]. R is fixed for the run (`pack_rows`, or estimated from the
-first batches with 10% to spare).
+pack_length], and text_lengths int32 [b]. R is fixed for the run (`pack_rows`, or the most the first
+batches need); a batch that needs more takes a few more rows, a new shape.
 
 Padding positions hold the pad id in both id arrays. L is the smallest bucket (default: 16, 32, 64, ...,
 max_length) that holds the longest row, or max_length with `fixed_lengths` (the default when
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Sequence
 
 import numpy as np
@@ -233,14 +232,15 @@ class TextData(HostBatches):
     return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                           return_token_type_ids=False, verbose=False)["input_ids"]
 
-  def estimate_pack_rows(self, steps: int = 8) -> int:
-    """10% over the most packed rows this host needs in the first `steps` batches (hosts that differ
-    agree on the most each step: `training/loop.py`)."""
+  def estimate_pack_rows(self, steps: int = 16) -> int:
+    """The most packed rows this host needs in the first `steps` batches (a later batch that needs more
+    grows by a few rows, a new shape: `packing.pack`; hosts that differ agree on the most each step:
+    `training/loop.py`). No margin: a few extra compiles cost less than spare rows in every step."""
     most = 1
     for step in range(steps if self.steps_per_epoch is None else min(steps, self.steps_per_epoch)):
       lengths = [min(len(ids), self.config.max_length - 2) + 2 for ids in self._content_ids(self.texts(step))]
       most = max(most, packing.rows_needed(lengths, self.config.row_length))
-    return min(math.ceil(most * 1.1), self.local_batch_size)  # never more rows than texts
+    return min(most, self.local_batch_size)
 
   def row_pads(self) -> dict[str, int]:
     """Packed batches: the padding value of each [rows, length] array (for `packing.pad_to_rows`)."""

@@ -29,7 +29,7 @@ passage j is text B + j, B the global batch size):
     passage_lengths                                         int32 [b * G]  tokens of each passage
     labels                                                  float32 [b]    scored pairs only
 
-R is fixed for the run (`pack_rows`, or estimated from the first batches with 10% to spare); a batch
+R is fixed for the run (`pack_rows`, or estimated from the first batches); a batch
 that needs more rows takes them, a new shape.
 
 Shapes: texts are padded to the smallest bucket length that holds the batch's longest text (buckets:
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -239,16 +238,17 @@ class TrainData(HostBatches):
     return self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
-  def estimate_pack_rows(self, steps: int = 8) -> int:
-    """10% over the most packed rows this host needs in the first `steps` batches (hosts that differ
-    agree on the most each step: `training/loop.py`)."""
+  def estimate_pack_rows(self, steps: int = 16) -> int:
+    """The most packed rows this host needs in the first `steps` batches (a later batch that needs more
+    grows by a few rows, a new shape: `packing.pack`; hosts that differ agree on the most each step:
+    `training/loop.py`). No margin: a few extra compiles cost less than spare rows in every step."""
     most = 1
     for step in range(min(steps, self.steps_per_epoch)):
       queries, passages, _ = self.texts(step)
       lengths = [len(x) for x in self._token_ids(queries, self.config.query_max_length)]
       lengths += [len(x) for x in self._token_ids(passages, self.config.passage_max_length)]
       most = max(most, packing.rows_needed(lengths, self.config.row_length))
-    return min(math.ceil(most * 1.1), self.local_batch_size * (1 + self.group_size))  # never more rows than texts
+    return min(most, self.local_batch_size * (1 + self.group_size))
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This host's rows of global batch `step`, tokenized and padded or packed (see the module docstring)."""
