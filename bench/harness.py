@@ -93,10 +93,10 @@ class JaxStep:
   parameters in place, exactly as the training loop's jitted step does.
   """
 
-  def __init__(self, fn: Callable, state, *rest):
+  def __init__(self, fn: Callable, state, *rest, remat="dots"):
     start = time.perf_counter()
     from starbucks_jax.training.step import compiler_options  # the options training compiles its step with
-    self.compiled = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options()).lower(state, *rest).compile()
+    self.compiled = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options(remat)).lower(state, *rest).compile()
     self.compile_s = time.perf_counter() - start
     self.state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else jnp.asarray(x), state)
     self.rest = rest
@@ -107,9 +107,10 @@ class JaxStep:
     return metrics
 
 
-def time_jax(fn: Callable, state, *rest, repeats: int = 5) -> tuple[Timing, JaxStep]:
-  """Compiles the step `fn(state, *rest)` (timed), runs it once, then times `repeats` steps."""
-  step = JaxStep(fn, state, *rest)
+def time_jax(fn: Callable, state, *rest, repeats: int = 5, remat="dots") -> tuple[Timing, JaxStep]:
+  """Compiles the step `fn(state, *rest)` (timed; `remat`: the step's, for its compiler options), runs it
+  once, then times `repeats` steps."""
+  step = JaxStep(fn, state, *rest, remat=remat)
   return time_steps(step.run, repeats, compile_s=step.compile_s), step
 
 

@@ -210,7 +210,7 @@ def print_layout(rows: list) -> None:
 
 
 def jax_step(model, pairs, batch: dict, dtype: str = "float32", gather: bool = True, dropout: float = 0.1,
-             remat: bool = False):
+             remat: str = "dots"):
   """(step function, (state, batch)): our SMAE training step and its arguments."""
   config = model.config.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
   params = dict(model.params, mae_decoder=init_decoder_params(model.params["encoder"], model.config))
@@ -231,7 +231,8 @@ def main():
   p.add_argument("--lengths", default=None, help="text lengths histogram (bench/lengths/*.json)")
   p.add_argument("--packing", action="store_true", help="pack the texts in rows of --length (data/packing.py)")
   p.add_argument("--pack-rows", type=int, default=0, help="packed rows; 0: as many as first-fit needs")
-  p.add_argument("--remat", action="store_true", help="jax variants: recompute each layer in the backward pass")
+  p.add_argument("--remat", nargs="?", const="full", default="dots", choices=["none", "dots", "full"],
+                 help="what each encoder layer recomputes (model/remat.py); --remat alone: full")
   p.add_argument("--bf16-dot", default="auto", choices=["auto", "on", "off"],
                  help="STARBUCKS_BF16_DOT: the custom bf16->f32 dot (model/dense.py); auto: on the CPU only")
   harness.add_step_flags(p, default_variants="jax,torch", default_repeats=3)
@@ -300,7 +301,7 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
   """(run one step, compile seconds or None, XLA's FLOP count or None) for `variant`."""
   if variant.startswith("jax"):
     fn, (state, batch) = jax_step(model, pairs, batch, args.dtype, gather=variant == "jax", remat=args.remat)
-    step = harness.JaxStep(fn, state, batch)
+    step = harness.JaxStep(fn, state, batch, remat=args.remat)
     return step.run, step.compile_s, harness.xla_flops(step)
   import torch
   import torch_peers

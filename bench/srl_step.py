@@ -214,7 +214,7 @@ def print_layout(rows: list) -> None:
 
 
 def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode: str = "starbucks",
-             dropout: float = 0.1, remat: bool = False, grad_cache_chunk: int = 0):
+             dropout: float = 0.1, remat: str = "dots", grad_cache_chunk: int = 0):
   """(step function, (state, batch)): our SRL training step (SrlLossSpec `mode`) and its arguments."""
   config = model.config.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
   layers, hidden = config.num_hidden_layers, config.hidden_size
@@ -237,7 +237,7 @@ def build(variant: str, args, folder: str, model, pairs, batch: dict):
     chunk = args.grad_cache if variant == "jax-cached" else 0
     fn, (state, batch) = jax_step(model, pairs, batch, args.group, args.dtype, mode, remat=args.remat,
                                   grad_cache_chunk=chunk)
-    step = harness.JaxStep(fn, state, batch)
+    step = harness.JaxStep(fn, state, batch, remat=args.remat)
     return step.run, step.compile_s, harness.xla_flops(step)
   import torch
   import torch_peers
@@ -288,7 +288,8 @@ def main():
   p.add_argument("--pack-rows", type=int, default=0, help="packed rows; 0: as many as first-fit needs")
   p.add_argument("--bf16-dot", default="auto", choices=["auto", "on", "off"],
                  help="STARBUCKS_BF16_DOT: the custom bf16->f32 dot (model/dense.py); auto: on the CPU only")
-  p.add_argument("--remat", action="store_true")
+  p.add_argument("--remat", nargs="?", const="full", default="dots", choices=["none", "dots", "full"],
+                 help="what each encoder layer recomputes (model/remat.py); --remat alone: full")
   p.add_argument("--grad-cache", type=int, default=32, help="jax-cached: queries per chunk")
   harness.add_step_flags(p, default_variants="jax,torch", default_repeats=5)
   args = p.parse_args()

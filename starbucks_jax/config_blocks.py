@@ -9,7 +9,8 @@ overrides); the two meet here:
 
 `from_config_dict` refuses unknown keys and values of the wrong type with one message that names
 `where.key`; a float setting takes an int, a tuple setting a list. A field whose metadata has
-`"parse": fn` is read with `fn(value, "where.key")` instead (pairs, say). A field whose metadata has
+`"parse": fn` is read with `fn(value, "where.key")` instead (pairs, say); a field typed as a union
+(`bool | str`) takes any value in its ConfigDict, and needs such a parse. A field whose metadata has
 `"flatten": True` is a mapping whose entries sit directly in the block's ConfigDict (the evaluation
 block's one entry per evaluator). A field whose metadata has `"external": True` is left out both ways:
 its caller reads and writes it (a training task's own blocks).
@@ -36,6 +37,12 @@ def _optional(annotation) -> tuple[Any, bool]:
     if len(args) == 1 and len(typing.get_args(annotation)) == 2:
       return args[0], True
   return annotation, False
+
+
+def _is_union(annotation) -> bool:
+  """A union of two or more types besides None (bool | str), which a ConfigDict field of one type would refuse."""
+  return (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+          and len([a for a in typing.get_args(annotation) if a is not type(None)]) > 1)
 
 
 def _placeholder_type(annotation):
@@ -70,6 +77,8 @@ def to_config_dict(block):
       cd[field.name] = to_config_dict(value)
     elif value is None:
       cd[field.name] = config_dict.placeholder(_placeholder_type(hints[field.name]))
+    elif _is_union(hints[field.name]):  # e.g. bool | str: the ConfigDict takes either
+      cd[field.name] = ml_collections.FieldReference(value, field_type=object)
     else:
       cd[field.name] = value
   return cd

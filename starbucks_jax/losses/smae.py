@@ -165,7 +165,7 @@ def mean_cross_entropies(head_params, word_embeddings, transformed: list, labels
 
 
 def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfig, dtype=jnp.float32,
-              deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, remat: bool = False):
+              deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, remat: bool | str = False):
   """(loss, metrics) of one batch; a pure function of the parameters, the batch and the dropout key.
 
   Args:
@@ -176,7 +176,7 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     model_config: the encoder's config (its family runs the encoder and the decoder layer).
     dtype: compute dtype (float32 or bfloat16); logits, softmax and LayerNorm statistics stay float32.
     deterministic: no dropout when True; otherwise `dropout_rng` drives it.
-    remat: recompute encoder layer activations in the backward pass.
+    remat: what encoder layers recompute in the backward pass: "none" | "dots" | "full" (`model/remat.py`).
 
   Returns:
     loss: the scalar; metrics: {"mlm/n{n}_d{d}", "mae/n{n}_d{d}" per pair, "dropped_labels"}.

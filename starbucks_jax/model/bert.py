@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
-from starbucks_jax.model import bert_names, dense, pooling
+from starbucks_jax.model import bert_names, dense, pooling, remat as remat_lib
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import ModelFamily, constrain_activations
@@ -177,7 +177,7 @@ class BertEncoder(nn.Module):
   """Embeddings and the first `num_layers` encoder layers (all of them when None)."""
   config: BertConfig
   dtype: Dtype = jnp.float32
-  remat: bool = False  # recompute each layer's activations in the backward pass to save memory
+  remat: bool | str = False  # what each layer recomputes in the backward pass: "none" | "dots" | "full" (remat.py)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
@@ -198,20 +198,23 @@ class BertEncoder(nn.Module):
     x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic,
                                                                                   row_ids, position_ids))
     hidden_states = [x]
-    # `deterministic` (argument 3, counting self) must stay a Python bool under remat.
-    layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
+    layer_cls = remat_lib.layer_class(EncoderLayer, self.remat)
     for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
-      x = constrain_activations(layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, mask, deterministic, row_ids))
+      layer = layer_cls(cfg, self.dtype, name=f"layer_{i}")
+      tied = False if self.is_initializing() else self.remat  # nothing to differentiate at init
+      x = constrain_activations(remat_lib.apply_layer(layer, tied, x, mask, deterministic, row_ids))
       hidden_states.append(x)
     return pooling.encoder_output(tuple(hidden_states), attention_mask, segment_ids, position_ids, num_texts)
 
 
 def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig,
           num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
-          dropout_rng: Optional[jax.Array] = None, remat: bool = False, row_ids=None, segment_ids=None,
+          dropout_rng: Optional[jax.Array] = None, remat: bool | str = False, row_ids=None, segment_ids=None,
           position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
   """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part.
 
+  `remat`: "none" | "dots" | "full" (True = "full", False = "none"): what each layer recomputes in the
+  backward pass (`remat.py`).
   `row_ids` [batch]: each row's index in the whole batch, for dropout masks that do not depend on how a
   batch is split (`model/dropout.py`); None: the rows are the whole batch.
   `segment_ids`, `position_ids` [batch, length] and `num_texts`: packed rows (see the module docstring).

@@ -72,6 +72,7 @@ class ModelFamily:
       config.json files this family reads.
     apply: (params, input_ids, attention_mask=None, token_type_ids=None, *, config, num_layers=None,
       dtype, deterministic=True, dropout_rng=None, remat=False, row_ids=None) -> `pooling.EncoderOutput`,
+      (remat: "none" | "dots" | "full", or False / True: `remat.py`),
       every layer's hidden states and pooled vectors up to `num_layers`. `row_ids` [batch] are the rows'
       indices in the whole batch; dropout masks must depend on them, not on the position in `input_ids`,
       so that GradCache's chunked passes drop what one pass would (`model/dropout.py`). Packed rows

@@ -83,7 +83,7 @@ def jit_step(settings, tx, mesh, state_shardings):
 
   return jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
-                 compiler_options=train_step.compiler_options())
+                 compiler_options=train_step.compiler_options(settings.remat))
 
 
 class _FaultInjection:

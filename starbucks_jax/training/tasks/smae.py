@@ -48,7 +48,7 @@ class SmaeStepSettings:
   model_config: EncoderConfig
   spec: SmaeSpec
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = "dots"  # "none" | "dots" | "full" (True = "full"): model/remat.py
   grad_accum_steps: int = 1
   grad_cache = None  # per-token losses couple no examples: nothing for GradCache to do
 

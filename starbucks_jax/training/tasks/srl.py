@@ -77,7 +77,7 @@ class SrlStepSettings:
   spec: SrlLossSpec
   pooling: str = "mean"
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = "dots"  # "none" | "dots" | "full" (True = "full"): model/remat.py
   grad_accum_steps: int = 1
   grad_cache: GradCacheConfig | None = None  # None: the plain step
 
