@@ -319,3 +319,49 @@ def random_ids(rng: np.random.Generator, rows: int, length: int) -> np.ndarray:
   ids = rng.integers(1000, 29000, (rows, length)).astype(np.int32)
   ids[:, 0] = 101
   return ids
+
+
+def sample_lengths(path: str, count: int, max_length: int, rng: np.random.Generator, least: int = 2) -> np.ndarray:
+  """`count` token counts drawn from a bench/lengths histogram, clipped to [least, max_length]."""
+  with open(path) as f:
+    counts = json.load(f)["counts"]
+  values = np.asarray([int(k) for k in counts])
+  weights = np.asarray([counts[k] for k in counts], np.float64)
+  return np.clip(rng.choice(values, size=count, p=weights / weights.sum()), least, max_length)
+
+
+def bf16_dot_label() -> str:
+  """STARBUCKS_BF16_DOT and what it comes to here for bfloat16: e.g. "auto->on" on the CPU, "auto->off" on a GPU."""
+  from starbucks_jax.model import dense
+  return f"{dense.bf16_dot_setting()}->{'on' if dense.uses_bf16_dot('bfloat16') else 'off'}"
+
+
+@dataclasses.dataclass
+class LayoutRow(Row):
+  """A Row with the layout's figures (padding, useful FLOPs) added to its JSON."""
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def as_dict(self) -> dict:
+    d = super().as_dict()
+    useful = self.extra.get("useful_gflop")
+    if useful is not None:
+      d["useful_gflops_per_s"] = useful / self.step_s
+      d["useful_mfu"] = useful / self.step_s / self.peak_gflops
+    return {**d, **self.extra}
+
+
+def print_layout(rows: list) -> None:
+  for row in rows:
+    d = row.as_dict()
+    print(f"  {d['variant']}: {d['layout']}, {d['real_tokens']} real of {d['executed_tokens']} tokens "
+          f"(padding {100 * d['padding_ratio']:.1f}%), {d['texts']} texts; executed {d['model_gflop']:.1f} GFLOP "
+          f"(MFU {100 * d['mfu']:.1f}%), useful {d['useful_gflop']:.1f} GFLOP (MFU {100 * d['useful_mfu']:.1f}%)")
+
+
+def set_bf16_dot_env(argv: list) -> None:
+  """--bf16-dot X sets STARBUCKS_BF16_DOT before starbucks_jax is imported (dense.py reads it)."""
+  for i, arg in enumerate(argv):
+    if arg == "--bf16-dot" and i + 1 < len(argv):
+      os.environ["STARBUCKS_BF16_DOT"] = argv[i + 1]
+    elif arg.startswith("--bf16-dot="):
+      os.environ["STARBUCKS_BF16_DOT"] = arg.split("=", 1)[1]

@@ -42,7 +42,6 @@ Variable lengths and packing (jax and jax-nogather only):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -51,21 +50,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _set_bf16_dot_env(argv: list) -> None:
-  """--bf16-dot X sets STARBUCKS_BF16_DOT before starbucks_jax is imported (dense.py reads it)."""
-  for i, arg in enumerate(argv):
-    if arg == "--bf16-dot" and i + 1 < len(argv):
-      os.environ["STARBUCKS_BF16_DOT"] = argv[i + 1]
-    elif arg.startswith("--bf16-dot="):
-      os.environ["STARBUCKS_BF16_DOT"] = arg.split("=", 1)[1]
-
-
-_set_bf16_dot_env(sys.argv)
-
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
+
+harness.set_bf16_dot_env(sys.argv)  # before starbucks_jax is imported
+
 from starbucks_jax import pairs as pairs_lib  # noqa: E402
 from starbucks_jax.data import packing  # noqa: E402
 from starbucks_jax.data.batching import bucket_list  # noqa: E402
@@ -102,15 +92,6 @@ def make_batch(folder: str, batch: int, length: int) -> dict:
   return data.batch(0)
 
 
-def sample_lengths(path: str, count: int, max_length: int, rng: np.random.Generator) -> np.ndarray:
-  """`count` token counts drawn from a bench/lengths histogram, cut at `max_length`."""
-  with open(path) as f:
-    counts = json.load(f)["counts"]
-  values = np.asarray([int(k) for k in counts])
-  weights = np.asarray([counts[k] for k in counts], np.float64)
-  return np.clip(rng.choice(values, size=count, p=weights / weights.sum()), 3, max_length)
-
-
 def make_variable_batch(folder: str, batch: int, length: int, lengths_file: str) -> dict:
   """`batch` texts of sampled lengths, random ids, each masked as TextData.example masks a text, padded to
   the trainer's bucket that holds the longest."""
@@ -118,7 +99,7 @@ def make_variable_batch(folder: str, batch: int, length: int, lengths_file: str)
   special, vocab = frozenset(tokenizer.all_special_tokens), len(tokenizer)
   rng = np.random.default_rng(0)
   examples = []
-  for n in sample_lengths(lengths_file, batch, length, rng):
+  for n in harness.sample_lengths(lengths_file, batch, length, rng, least=3):
     ids = np.asarray([tokenizer.cls_token_id, *rng.integers(1000, 29000, n - 2), tokenizer.sep_token_id], np.int32)
     encoder_mask, decoder_mask = whole_word_masks(tokenizer.convert_ids_to_tokens(ids.tolist()), special,
                                                   ENCODER_RATE, DECODER_RATE, rng)
@@ -180,33 +161,6 @@ def layout_flops(config, pairs, spec_slots, layout: dict, gather: bool) -> tuple
                for n, e, d in zip(layout["lengths"], layout["encoder_labels"], layout["decoder_labels"]))
   return executed, useful
 
-
-def bf16_dot_label() -> str:
-  """STARBUCKS_BF16_DOT and what it comes to here for bfloat16: e.g. "auto->on" on the CPU, "auto->off" on a GPU."""
-  from starbucks_jax.model import dense
-  return f"{dense.bf16_dot_setting()}->{'on' if dense.uses_bf16_dot('bfloat16') else 'off'}"
-
-
-@dataclasses.dataclass
-class LayoutRow(harness.Row):
-  """A Row with the layout's figures (padding, useful FLOPs) added to its JSON."""
-  extra: dict = dataclasses.field(default_factory=dict)
-
-  def as_dict(self) -> dict:
-    d = super().as_dict()
-    useful = self.extra.get("useful_gflop")
-    if useful is not None:
-      d["useful_gflops_per_s"] = useful / self.step_s
-      d["useful_mfu"] = useful / self.step_s / self.peak_gflops
-    return {**d, **self.extra}
-
-
-def print_layout(rows: list) -> None:
-  for row in rows:
-    d = row.as_dict()
-    print(f"  {d['variant']}: {d['layout']}, {d['real_tokens']} real of {d['executed_tokens']} tokens "
-          f"(padding {100 * d['padding_ratio']:.1f}%), {d['texts']} texts; executed {d['model_gflop']:.1f} GFLOP "
-          f"(MFU {100 * d['mfu']:.1f}%), useful {d['useful_gflop']:.1f} GFLOP (MFU {100 * d['useful_mfu']:.1f}%)")
 
 
 def jax_step(model, pairs, batch: dict, dtype: str = "float32", gather: bool = True, dropout: float = 0.1,
@@ -274,8 +228,8 @@ def main():
       extra = {"layout": f"{kind} {layout['rows']} x {layout['width']}", "packed": layout["packed"],
                "texts": args.batch, "real_tokens": real, "executed_tokens": executed_tokens,
                "padding_ratio": 1 - real / executed_tokens, "useful_gflop": useful / 1e9,
-               "bf16_dot": bf16_dot_label(), "flops_counted": "executed shapes"}
-      return LayoutRow("smae_step", v, shape, args.dtype, timing, args.batch, real, executed, peak, peak_bytes, xla,
+               "bf16_dot": harness.bf16_dot_label(), "flops_counted": "executed shapes"}
+      return harness.LayoutRow("smae_step", v, shape, args.dtype, timing, args.batch, real, executed, peak, peak_bytes, xla,
                        harness.command_line(), extra=extra)
   print(harness.machine())
   rows = harness.measure_variants(variants, args, lambda v: build(v, args, folder, model, pairs, batch), make_row)
@@ -284,7 +238,7 @@ def main():
         + (f", bf16 dot {rows[0].extra['bf16_dot']}" if variable else ""))
   harness.print_table(rows, f"{peak:.0f} GFLOP/s ({peak_note})")
   if variable:
-    print_layout(rows)
+    harness.print_layout(rows)
   by_name = {r.variant: r.step_s for r in rows}
   for ours in ("jax", "jax-nogather"):
     if ours in by_name and "torch" in by_name:

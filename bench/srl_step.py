@@ -43,28 +43,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _set_bf16_dot_env(argv: list) -> None:
-  """--bf16-dot X sets STARBUCKS_BF16_DOT before starbucks_jax is imported (dense.py reads it)."""
-  for i, arg in enumerate(argv):
-    if arg == "--bf16-dot" and i + 1 < len(argv):
-      os.environ["STARBUCKS_BF16_DOT"] = argv[i + 1]
-    elif arg.startswith("--bf16-dot="):
-      os.environ["STARBUCKS_BF16_DOT"] = arg.split("=", 1)[1]
-
-
-_set_bf16_dot_env(sys.argv)
-
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
+
+harness.set_bf16_dot_env(sys.argv)  # before starbucks_jax is imported
+
 from starbucks_jax import pairs as pairs_lib  # noqa: E402
 from starbucks_jax.data import packing  # noqa: E402
 from starbucks_jax.data.batching import bucket_list  # noqa: E402
@@ -97,15 +86,6 @@ def make_batch(queries: int, group: int, length: int, query_length: int = 0) -> 
           "passage_input_ids": p, "passage_attention_mask": np.ones_like(p)}
 
 
-def sample_lengths(path: str, count: int, max_length: int, rng: np.random.Generator) -> np.ndarray:
-  """`count` token counts drawn from a bench/lengths histogram, cut at `max_length`."""
-  with open(path) as f:
-    counts = json.load(f)["counts"]
-  values = np.asarray([int(k) for k in counts])
-  weights = np.asarray([counts[k] for k in counts], np.float64)
-  return np.clip(rng.choice(values, size=count, p=weights / weights.sum()), 2, max_length)
-
-
 def padded_ids(rng: np.random.Generator, lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
   """(ids, attention mask) [len(lengths), bucket]: random ids, [CLS] ... [SEP], pad id 0 after each text; the
   bucket is the trainer's (data/batching.py) that holds the longest text."""
@@ -122,9 +102,9 @@ def make_variable_batch(queries: int, group: int, length: int, query_length: int
   """Like make_batch, but each text's length drawn from the length files (a side without one is full)."""
   rng = np.random.default_rng(0)
   q_max = query_length or length
-  q_n = (sample_lengths(query_lengths, queries, q_max, rng) if query_lengths
+  q_n = (harness.sample_lengths(query_lengths, queries, q_max, rng, least=2) if query_lengths
          else np.full(queries, q_max))
-  p_n = (sample_lengths(lengths, queries * group, length, rng) if lengths
+  p_n = (harness.sample_lengths(lengths, queries * group, length, rng, least=2) if lengths
          else np.full(queries * group, length))
   q, q_mask = padded_ids(rng, q_n, q_max)
   p, p_mask = padded_ids(rng, p_n, length)
@@ -185,33 +165,6 @@ def layout_flops(config, pairs, queries: int, group: int, layout: Layout) -> tup
   return flops.TRAIN_FACTOR * executed + scores, flops.TRAIN_FACTOR * useful + scores
 
 
-def bf16_dot_label() -> str:
-  """STARBUCKS_BF16_DOT and what it comes to here for bfloat16: e.g. "auto->on" on the CPU, "auto->off" on a GPU."""
-  from starbucks_jax.model import dense
-  return f"{dense.bf16_dot_setting()}->{'on' if dense.uses_bf16_dot('bfloat16') else 'off'}"
-
-
-@dataclasses.dataclass
-class LayoutRow(harness.Row):
-  """A Row with the layout's figures (padding, useful FLOPs) added to its JSON."""
-  extra: dict = dataclasses.field(default_factory=dict)
-
-  def as_dict(self) -> dict:
-    d = super().as_dict()
-    useful = self.extra.get("useful_gflop")
-    if useful is not None:
-      d["useful_gflops_per_s"] = useful / self.step_s
-      d["useful_mfu"] = useful / self.step_s / self.peak_gflops
-    return {**d, **self.extra}
-
-
-def print_layout(rows: list) -> None:
-  for row in rows:
-    d = row.as_dict()
-    print(f"  {d['variant']}: {d['layout']}, {d['real_tokens']} real of {d['executed_tokens']} tokens "
-          f"(padding {100 * d['padding_ratio']:.1f}%), {d['texts']} texts; executed {d['model_gflop']:.1f} GFLOP "
-          f"(MFU {100 * d['mfu']:.1f}%), useful {d['useful_gflop']:.1f} GFLOP (MFU {100 * d['useful_mfu']:.1f}%)")
-
 
 def jax_step(model, pairs, batch: dict, group: int, dtype: str = "float32", mode: str = "starbucks",
              dropout: float = 0.1, remat: str = "dots", grad_cache_chunk: int = 0):
@@ -270,8 +223,8 @@ def make_row(variant, args, timing, model_flops, peak, peak_bytes, xla, layout=N
   extra = {"layout": layout.describe(), "packed": layout.packed, "texts": len(layout.text_lengths),
            "real_tokens": layout.real_tokens, "executed_tokens": layout.executed_tokens,
            "padding_ratio": 1 - layout.real_tokens / layout.executed_tokens, "useful_gflop": useful / 1e9,
-           "bf16_dot": bf16_dot_label(), "flops_counted": "executed shapes"}
-  return LayoutRow("srl_step", variant, shape, args.dtype, timing, args.queries, layout.real_tokens, executed, peak,
+           "bf16_dot": harness.bf16_dot_label(), "flops_counted": "executed shapes"}
+  return harness.LayoutRow("srl_step", variant, shape, args.dtype, timing, args.queries, layout.real_tokens, executed, peak,
                    peak_bytes, xla, harness.command_line(), extra=extra)
 
 
@@ -325,7 +278,7 @@ def main():
         + (f", bf16 dot {rows[0].extra['bf16_dot']}" if variable else ""))
   harness.print_table(rows, f"{peak:.0f} GFLOP/s ({peak_note})")
   if variable:
-    print_layout(rows)
+    harness.print_layout(rows)
   by_name = {r.variant: r.step_s for r in rows}
   for ours, theirs in (("jax", "torch"), ("jax-2dmse", "torch-2dmse")):
     if ours in by_name and theirs in by_name:
