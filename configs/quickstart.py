@@ -10,6 +10,8 @@ then exports `runs/quickstart/export`, a sentence-transformers folder.
 Expected (2-core CPU): about 7 minutes (6 min 27 s of training steps, measured 2026-12-01); every pair's
 loss in `runs/quickstart/metrics.jsonl` falls, and the end-of-training STS-B Spearman at (1,16) ...
 (6,384) is 52.44 64.56 71.24 74.71 77.70 83.45.
+Packed (`--config.data.packing=True`, no padding per text): 3 min 36 s against 7 min 02 s unpacked, run
+one after the other (2026-12-02), STS-B 53.06 64.66 71.53 75.00 77.64 83.13.
 Other modes: --config.starbucks.mode=2dmse, or the `separate` baseline:
     --config.starbucks.mode=separate --config.starbucks.pairs="((2,32),)"
 """
