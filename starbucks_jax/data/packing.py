@@ -21,16 +21,35 @@ row with room. It is a pure function of the lengths, so a batch stays a pure fun
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from starbucks_jax.errors import StarbucksError
+
+log = logging.getLogger(__name__)
 
 # The segment id of padding tokens: above any text id, so pooling drops them (segment sums keep only ids
 # below the number of texts), and shared by all padding, so a padding token attends to padding only and
 # no attention row is empty.
 PAD_SEGMENT = 2 ** 30
 PACKED_KEYS = ("segment_ids", "position_ids", "attention_mask")
+
+
+def check_settings(pack_length, pack_rows) -> None:
+  """A data block's `pack_length` and `pack_rows`: None or positive integers."""
+  for name, value in (("pack_length", pack_length), ("pack_rows", pack_rows)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise StarbucksError(f"data.{name} must be None or a positive integer, got {value!r}")
+
+
+def run_rows(pack_rows: int | None, estimate: Callable[[], int], row_multiple: int, length: int) -> int:
+  """The rows per host and batch of a run: `pack_rows`, or `estimate()`, rounded up to `row_multiple`."""
+  rows = round_up(pack_rows or estimate(), row_multiple)
+  log.info("packing: %d rows of %d tokens per host and batch", rows, length)
+  return rows
 
 
 def first_fit(lengths: Sequence[int], capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -89,6 +108,9 @@ def pack(columns: Mapping[str, Sequence[Sequence[int]]], pads: Mapping[str, int]
   row_of, start_of, used = first_fit(lengths, length)
   total = rows if used <= rows else rows + round_up(used - rows, overflow_step(rows, row_multiple))
   total = round_up(total, row_multiple)
+  if total > rows:
+    log.warning("packing: a batch needed %d rows, more than the run's %d: a new shape to compile (set "
+                "data.pack_rows higher to avoid it)", total, rows)
   out = {name: np.full((total, length), pads[name], np.int32) for name in names}
   out["segment_ids"] = np.full((total, length), PAD_SEGMENT, np.int32)
   out["position_ids"] = np.zeros((total, length), np.int32)
@@ -101,6 +123,11 @@ def pack(columns: Mapping[str, Sequence[Sequence[int]]], pads: Mapping[str, int]
     out["position_ids"][row, span] = np.arange(n)
     out["attention_mask"][row, span] = 1
   return out
+
+
+def is_packed(batch: Mapping) -> bool:
+  """Whether a batch is packed rows (every packed batch has segment ids; no other batch does)."""
+  return "segment_ids" in batch
 
 
 def packed_rows(batch: Mapping[str, np.ndarray]) -> int:

@@ -118,10 +118,7 @@ class TextDataConfig:
                            f"decoder_mask_rate={self.decoder_mask_rate!r}")
     if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
       raise StarbucksError(f"data.max_examples must be None or a positive integer, got {self.max_examples!r}")
-    for name in ("pack_length", "pack_rows"):
-      value = getattr(self, name)
-      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise StarbucksError(f"data.{name} must be None or a positive integer, got {value!r}")
+    packing.check_settings(self.pack_length, self.pack_rows)
     if self.pack_length is not None and self.pack_length < self.max_length:
       raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than data.max_length "
                            f"{self.max_length}, the longest text")
@@ -176,10 +173,8 @@ class TextData(HostBatches):
     else:
       self._open_table()
     self.row_multiple = row_multiple
-    self.pack_rows = None
-    if config.packing:
-      self.pack_rows = packing.round_up(config.pack_rows or self.estimate_pack_rows(), row_multiple)
-      log.info("packing: %d rows of %d tokens per host and batch", self.pack_rows, config.row_length)
+    self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length)
+                      if config.packing else None)
 
   def _open_stream(self) -> None:
     config = self.config
@@ -270,9 +265,6 @@ class TextData(HostBatches):
     out = packing.pack({c: [e[c] for e in examples] for c in columns}, self.row_pads(),
                        [first + i for i in range(len(examples))], length=self.config.row_length,
                        rows=self.pack_rows, row_multiple=self.row_multiple)
-    if packing.packed_rows(out) > self.pack_rows:
-      log.warning("packing: a batch needed %d rows, more than the run's %d: a new shape to compile (set "
-                  "data.pack_rows higher to avoid it)", packing.packed_rows(out), self.pack_rows)
     out["text_lengths"] = np.asarray([len(e["input_ids"]) for e in examples], np.int32)
     return out
 

@@ -113,10 +113,7 @@ class DataConfig:
         raise StarbucksError(f"data.{name} must be an integer of at least {least}, got {value!r}")
     if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
       raise StarbucksError(f"data.max_examples must be None or a positive integer, got {self.max_examples!r}")
-    for name in ("pack_length", "pack_rows"):
-      value = getattr(self, name)
-      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise StarbucksError(f"data.{name} must be None or a positive integer, got {value!r}")
+    packing.check_settings(self.pack_length, self.pack_rows)
     longest = max(self.query_max_length, self.passage_max_length)
     if self.pack_length is not None and self.pack_length < longest:
       raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than the longest text allowed "
@@ -195,10 +192,8 @@ class TrainData(HostBatches):
     if self.schema.passages:
       self._report_fill(passage_counts.get(self.schema.negative))
     self.row_multiple = row_multiple
-    self.pack_rows = None
-    if config.packing:
-      self.pack_rows = packing.round_up(config.pack_rows or self.estimate_pack_rows(), row_multiple)
-      log.info("packing: %d rows of %d tokens per host and batch", self.pack_rows, config.row_length)
+    self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length)
+                      if config.packing else None)
     log.info("%s: %d %s examples, %d passage(s) per query, %d steps per epoch of %d", self.table.name,
              self.num_examples, self.kind, self.group_size, self.steps_per_epoch, self.global_batch_size)
 
@@ -276,9 +271,6 @@ class TrainData(HostBatches):
     text_ids = [h * b + i for i in range(b)] + [big_b + h * len(passage_ids) + j for j in range(len(passage_ids))]
     out = packing.pack({"input_ids": query_ids + passage_ids}, {"input_ids": self.tokenizer.pad_token_id}, text_ids,
                        length=self.config.row_length, rows=self.pack_rows, row_multiple=self.row_multiple)
-    if packing.packed_rows(out) > self.pack_rows:
-      log.warning("packing: a batch needed %d rows, more than the run's %d: a new shape to compile (set "
-                  "data.pack_rows higher to avoid it)", packing.packed_rows(out), self.pack_rows)
     out["query_lengths"] = np.asarray([len(x) for x in query_ids], np.int32)
     out["passage_lengths"] = np.asarray([len(x) for x in passage_ids], np.int32)
     return out

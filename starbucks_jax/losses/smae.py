@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from starbucks_jax.data.masking import IGNORE, num_to_predict
+from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.smae import BATCH_KEYS
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.model.config import EncoderConfig
@@ -107,7 +108,7 @@ class SmaeSpec:
 def check_batch(batch: dict, spec: SmaeSpec) -> None:
   """Raises a StarbucksError naming a missing key or a shape that disagrees (trace time only)."""
   needed = BATCH_KEYS if spec.uses_decoder else BATCH_KEYS[:3]
-  if "segment_ids" in batch:
+  if is_packed(batch):
     needed = needed + ("segment_ids", "position_ids", "text_lengths")
   missing = [k for k in needed if k not in batch]
   if missing:
@@ -204,7 +205,7 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     labels.append(masked.labels)
 
   if spec.uses_decoder:
-    decoder_slots = spec.slots(length, spec.decoder_mask_rate, "segment_ids" in batch) if spec.gather else None
+    decoder_slots = spec.slots(length, spec.decoder_mask_rate, is_packed(batch)) if spec.gather else None
     mae = _mae_terms(params, batch, out, transform, spec, model_config, dtype, decoder_slots, decoder_rngs)
     names += mae[0]
     transformed += mae[1]
@@ -221,7 +222,7 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
 
 def packed_inputs(batch: dict) -> dict:
   """The family's packed-row arguments for a packed batch; {} otherwise."""
-  if "segment_ids" not in batch:
+  if not is_packed(batch):
     return {}
   return {"segment_ids": batch["segment_ids"], "position_ids": batch["position_ids"],
           "num_texts": batch["text_lengths"].shape[0]}

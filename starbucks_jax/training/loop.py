@@ -204,7 +204,7 @@ def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_
   for step in range(start_step, total_steps):
     local_batch = pending.result()
     pending = prefetch.submit(setup.data.batch, step + 1) if step + 1 < total_steps else None
-    if jax.process_count() > 1 and "segment_ids" in local_batch:
+    if jax.process_count() > 1 and packing.is_packed(local_batch):
       local_batch = _agree_packed_rows(local_batch, setup.data)
     state, metrics = run.step_fn(state, sharding.put_batch(local_batch, mesh))
     window_steps += 1

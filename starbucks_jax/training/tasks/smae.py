@@ -14,6 +14,7 @@ import logging
 import jax
 import numpy as np
 
+from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.smae import TextData, TextDataConfig
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
@@ -59,7 +60,7 @@ class SmaeStepSettings:
 
   def rows(self, batch: dict) -> int:
     """Examples (texts) in the batch."""
-    return batch["text_lengths" if "segment_ids" in batch else "input_ids"].shape[0]
+    return batch["text_lengths" if is_packed(batch) else "input_ids"].shape[0]
 
 
 def make_smae_spec(config: TrainConfig, model_config: EncoderConfig) -> SmaeSpec:

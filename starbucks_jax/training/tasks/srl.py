@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.srl import DataConfig, TrainData
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
@@ -117,10 +118,6 @@ class SrlStepSettings:
   def pooled_loss(self, pooled: list[dict], batch: dict, rng: jax.Array):
     query, passage = pooled
     return srl_loss(query, passage, batch.get("labels"), self.spec, rng)
-
-
-def is_packed(batch: dict) -> bool:
-  return "segment_ids" in batch
 
 
 def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings):
