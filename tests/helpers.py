@@ -34,6 +34,23 @@ def save_with_tokenizer(model, folder: Path, minilm: Path) -> Path:
   return folder
 
 
+def spread_bert(folder: Path, minilm: Path) -> Path:
+  """A tiny BERT (tiny_hf_config) with weights N(0, 0.1) and plain LayerNorms, saved with MiniLM's tokenizer.
+  `randomize`'s noise sends every text to nearly one direction (all cosines 0.9999x, closer than float32
+  resolves); these weights spread texts out, so a search has a ranking worth comparing."""
+  import torch
+  import transformers
+  model = transformers.BertModel(tiny_hf_config())
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "LayerNorm" in name:
+        p.fill_(1.0 if name.endswith("weight") else 0.0)
+      else:
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+  return save_with_tokenizer(model.eval(), folder, minilm)
+
+
 def mlm_logits(head_params: dict, word_embeddings, hidden, *, layer_norm_eps: float):
   """Our MLM head's [..., vocab] logits of hidden states: the head transform, then the tied decoder."""
   from starbucks_jax.model.mlm_head import head_transform, vocab_logits

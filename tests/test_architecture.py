@@ -21,9 +21,9 @@ LAYERS = (
     ("losses", "runtime"),
     ("inference",),
     ("evaluation",),
-    ("training",),
+    ("training", "mining"),
     ("cli",),
-    ("train", "evaluate", "encode", "export"),  # the `python -m starbucks_jax.<command>` entry points
+    ("train", "evaluate", "encode", "export", "mine"),  # the `python -m starbucks_jax.<command>` entry points
 )
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
 MAX_MODULE_LINES = 350

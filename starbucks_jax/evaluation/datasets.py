@@ -52,6 +52,57 @@ class BeirSet:
   qrels: dict[str, dict[str, int]]  # {query id: {corpus id: relevance grade}}
 
 
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Passages with ids: a BEIR corpus.jsonl ({_id, title, text}) or a Tevatron corpus ({docid, title, text})."""
+  name: str
+  ids: list[str]
+  titles: list[str]
+  texts: list[str]
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def passages(self) -> list[str]:
+    """title + " " + text, or the text alone when the title is empty (BEIR's and Tevatron's convention)."""
+    return [f"{title} {text}" if title else text for title, text in zip(self.titles, self.texts)]
+
+
+def load_corpus(path: str | Path) -> Corpus:
+  """The passages of a BEIR folder (its corpus.jsonl) or of a .jsonl file of {_id or docid, title, text}
+  rows; local, or in a bucket through a local copy."""
+  path = storage.local_copy(path, "corpus")
+  if path.is_dir():
+    if not (path / "corpus.jsonl").is_file():
+      raise StarbucksError(f"corpus folder {path} has no corpus.jsonl (a BEIR folder holds corpus.jsonl, "
+                           "queries.jsonl and qrels/)")
+    path = path / "corpus.jsonl"
+  elif not path.is_file():
+    raise StarbucksError(f"corpus {path} does not exist")
+  return read_corpus(path)
+
+
+def read_corpus(path: Path) -> Corpus:
+  ids, titles, texts, seen = [], [], [], set()
+  for number, row in enumerate(_read_jsonl(path, required=("text",)), 1):
+    id_field = next((f for f in ("_id", "docid") if f in row), None)
+    if id_field is None:
+      raise StarbucksError(f"{path}, line {number}: no field '_id' or 'docid' (a corpus row is "
+                           "{_id, title, text})")
+    doc_id = str(row[id_field])
+    if doc_id in seen:
+      raise StarbucksError(f"{path}, line {number}: corpus id {doc_id!r} appears twice")
+    if not isinstance(row["text"] or "", str) or not isinstance(row.get("title") or "", str):
+      raise StarbucksError(f"{path}, line {number}: 'text' and 'title' must be strings")
+    seen.add(doc_id)
+    ids.append(doc_id)
+    titles.append((row.get("title") or "").strip())
+    texts.append(row["text"] or "")
+  if not ids:
+    raise StarbucksError(f"corpus {path} is empty")
+  return Corpus(path.parent.name if path.name == "corpus.jsonl" else path.stem, ids, titles, texts)
+
+
 def load_sts(path: str | Path, name: str | None = None) -> StsSet:
   """Reads an STS file (.jsonl/.json/.csv/.tsv) with the columns sentence1, sentence2, score; a file in a
   bucket (gs://...) through a local copy."""
@@ -96,17 +147,8 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
   qrels = _read_qrels(qrels_file)
 
   corpus_file = folder / "corpus.jsonl"
-  corpus_ids, passages, seen = [], [], set()
-  for number, row in enumerate(_read_jsonl(corpus_file, required=("_id", "text")), 1):
-    doc_id = str(row["_id"])
-    if doc_id in seen:
-      raise StarbucksError(f"{corpus_file}, line {number}: corpus id {doc_id!r} appears twice")
-    seen.add(doc_id)
-    title, text = (row.get("title") or "").strip(), row["text"] or ""
-    corpus_ids.append(doc_id)
-    passages.append(f"{title} {text}" if title else text)
-  if not corpus_ids:
-    raise StarbucksError(f"BEIR corpus {corpus_file} is empty")
+  corpus = read_corpus(corpus_file)
+  corpus_ids, passages, seen = corpus.ids, corpus.passages(), set(corpus.ids)
 
   queries_file = folder / "queries.jsonl"
   all_queries = {str(row["_id"]): row["text"] or "" for row in _read_jsonl(queries_file, required=("_id", "text"))}

@@ -28,12 +28,16 @@ METRICS = ("ndcg@10", "mrr@10", "recall@100")
 
 
 @functools.partial(jax.jit, static_argnames=("k", "normalize"))
-def _merge_chunk(best_scores, best_rows, queries, chunk, first_row, valid_rows, *, k, normalize):
-  """Scores one corpus chunk and merges its top k into the running top k (rows are corpus indices)."""
+def _merge_chunk(best_scores, best_rows, queries, chunk, first_row, valid_rows, excluded, *, k, normalize):
+  """Scores one corpus chunk and merges its top k into the running top k (rows are corpus indices).
+  `excluded` [Q, E]: corpus rows each query must not get (-1: none); they score -inf."""
   if normalize:
     chunk = l2_normalize(chunk)
   scores = jnp.matmul(queries, chunk.T, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
-  scores = jnp.where(jnp.arange(chunk.shape[0]) < valid_rows, scores, -jnp.inf)  # the last chunk's padding
+  rows = first_row + jnp.arange(chunk.shape[0])
+  scores = jnp.where(rows < first_row + valid_rows, scores, -jnp.inf)  # the last chunk's padding
+  if excluded.shape[1]:
+    scores = jnp.where((excluded[:, :, None] == rows[None, None, :]).any(axis=1), -jnp.inf, scores)
   chunk_scores, chunk_rows = jax.lax.top_k(scores, min(k, chunk.shape[0]))
   # Running results first: among equal scores, top_k keeps the lower corpus index, as one chunk would.
   scores = jnp.concatenate([best_scores, chunk_scores], axis=1)
@@ -43,11 +47,13 @@ def _merge_chunk(best_scores, best_rows, queries, chunk, first_row, valid_rows, 
 
 
 def search(queries: np.ndarray, corpus: np.ndarray, *, k: int = RETRIEVAL_DEPTH, chunk_size: int = 8192,
-           similarity: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+           similarity: str = "cosine", exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Exact top-k search: ([Q, k] scores, [Q, k] corpus rows), best first, k capped at the corpus size.
 
   The corpus stays on the host and goes to the device `chunk_size` rows at a time (the last chunk padded,
-  so one compiled shape serves them all), so it never has to fit on the device at once.
+  so one compiled shape serves them all), so it never has to fit on the device at once. `exclude`
+  [Q, E] lists corpus rows a query must not get (its positives when mining; -1 pads); where fewer than
+  k rows are left, the last places hold -inf scores.
   """
   if similarity not in SIMILARITIES:
     raise StarbucksError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
@@ -60,13 +66,14 @@ def search(queries: np.ndarray, corpus: np.ndarray, *, k: int = RETRIEVAL_DEPTH,
     queries = l2_normalize(queries)
   best_scores = jnp.full((len(queries), k), -jnp.inf, jnp.float32)
   best_rows = jnp.zeros((len(queries), k), jnp.int32)
+  excluded = jnp.asarray(np.zeros((len(queries), 0)) if exclude is None else exclude, jnp.int32)
   for start in range(0, len(corpus), chunk_rows):
     chunk = np.asarray(corpus[start:start + chunk_rows], np.float32)
     valid = len(chunk)
     if valid < chunk_rows:
       chunk = np.pad(chunk, ((0, chunk_rows - valid), (0, 0)))
     best_scores, best_rows = _merge_chunk(best_scores, best_rows, queries, jax.device_put(chunk), start, valid,
-                                          k=k, normalize=similarity == "cosine")
+                                          excluded, k=k, normalize=similarity == "cosine")
   return np.asarray(best_scores), np.asarray(best_rows)
 
 

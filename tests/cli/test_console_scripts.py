@@ -12,6 +12,7 @@ import pytest
     ("evaluate", "the following arguments are required: --output"),
     ("encode", "the following arguments are required: --input, --output"),
     ("export", "the following arguments are required: --output"),
+    ("mine", "the following arguments are required: --train, --output"),
 ])
 def test_console_script_runs_the_command(command, expected):
   script = Path(sys.executable).parent / f"starbucks-{command}"

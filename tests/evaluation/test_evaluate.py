@@ -109,21 +109,9 @@ def brute_force_metrics(queries, passages, beir, similarity):
 
 @pytest.fixture(scope="module")
 def spread_dir(tmp_path_factory, minilm_dir):
-  """tiny_dir's architecture and tokenizer with smaller weights and plain LayerNorms. tiny_dir's noise
-  sends every text to nearly one direction (all cosines 0.9999x, closer than float32 resolves); these
-  weights spread the texts out, so exact search has a ranking worth comparing."""
-  import torch
-  import transformers
-  from tests.helpers import save_with_tokenizer, tiny_hf_config
-  model = transformers.BertModel(tiny_hf_config())
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "LayerNorm" in name:
-        p.fill_(1.0 if name.endswith("weight") else 0.0)
-      else:
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-  return save_with_tokenizer(model.eval(), tmp_path_factory.mktemp("spread_bert"), minilm_dir)
+  """tiny_dir's architecture with weights that spread texts out (`helpers.spread_bert`)."""
+  from tests.helpers import spread_bert
+  return spread_bert(tmp_path_factory.mktemp("spread_bert"), minilm_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Survival: kill -9 at a random step and restart (bit-identical to an uninterrupted run), SIGTERM
 (checkpoint at the current step, exit 0), and damaged checkpoints (fall back to the previous one,
 or stop with a message naming the file). Each run is the real `python -m starbucks_jax.train` on a tiny
-random BERT, CPU, float32."""
+random BERT, CPU, float32, with packed batches (`data.packing`, dropout on): the row count is
+re-estimated the same on restart and each batch is packed the same. (Unpacked runs are killed and
+resumed in tests/runtime/test_bucket_workdir.py and tests/training/test_grad_cache.py.)"""
 
 import os
 import random
@@ -26,7 +28,7 @@ def command(workdir, model_dir, num_steps=STEPS, extra=()):
                "--config.log_every_steps=1", "--config.starbucks.pairs=((1,8),(2,16),(4,32))",
                "--config.data.query_max_length=32", "--config.data.passage_max_length=32", "--config.mesh.data=1",
                "--config.progress_bar=False", "--config.optimizer.lr=1e-3", "--config.eval.sts=()",
-               "--config.tensorboard=False"]
+               "--config.tensorboard=False", "--config.data.packing=True"]
   return [sys.executable, "-m", "starbucks_jax.train", "--config", str(REPO / "configs" / "quickstart.py"),
           "--workdir", str(workdir)] + overrides + list(extra)
 
@@ -75,6 +77,7 @@ def test_kill_at_a_random_step_then_restart_is_bit_identical(whole_run, tiny_dir
   assert not (tmp_path / "export").exists()
   resumed = train(tmp_path, tiny_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "packing: " in resumed.stderr
   checkpoint = kill_at // EVERY * EVERY
   assert f"resuming from the checkpoint at step {checkpoint}" in resumed.stderr, (kill_at, resumed.stderr[-2000:])
   assert_bit_identical(tmp_path, whole_run)
@@ -82,21 +85,6 @@ def test_kill_at_a_random_step_then_restart_is_bit_identical(whole_run, tiny_dir
   from starbucks_jax.runtime.metrics import read_metrics
   drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
   assert drop_timing(read_metrics(tmp_path)) == drop_timing(read_metrics(whole_run))
-
-
-def test_a_packed_run_killed_and_restarted_is_bit_identical(tiny_dir, tmp_path):
-  """Packed batches (`data.packing`, dropout on) are a pure function of the step too: the row count is
-  re-estimated the same on restart and each batch is packed the same."""
-  packed = ["--config.data.packing=True"]
-  whole = train(tmp_path / "whole", tiny_dir, extra=packed)
-  assert whole.returncode == 0, whole.stderr[-3000:]
-  assert "packing: " in whole.stderr
-  kill_at = random.randrange(EVERY + 1, STEPS)
-  killed = train(tmp_path / "run", tiny_dir, extra=packed, STARBUCKS_FAULT_KILL_AT_STEP=str(kill_at))
-  assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
-  resumed = train(tmp_path / "run", tiny_dir, extra=packed)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert_bit_identical(tmp_path / "run", tmp_path / "whole")
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(tiny_dir, tmp_path):

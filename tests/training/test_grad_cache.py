@@ -23,9 +23,9 @@ from tests.training import grad_cache_probe as probe
 TOLERANCE = 1e-5  # relative, float32
 
 
-# Two schedules here (fused and separate passes); every schedule runs on 8 devices in
-# tests/runtime/test_grad_cache_mesh.py, where one device's chunks are a special case of the mesh's.
-@pytest.mark.parametrize("case", ["starbucks-scores-kl", "two-lengths-dot-remat"])
+# Every schedule and objective here; tests/runtime/test_grad_cache_mesh.py runs the two that differ in what
+# crosses devices (fused and separate passes) on 8 simulated devices and in two processes.
+@pytest.mark.parametrize("case", list(probe.CASES))
 def test_cached_step_equals_the_plain_step_on_one_device(case):
   result = probe.compare(case, sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1})))
   assert result["loss_diff"] < TOLERANCE and result["metric_diff"] < TOLERANCE, result
