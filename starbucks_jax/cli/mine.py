@@ -121,7 +121,10 @@ def main(argv=None) -> None:
   encoder = Encoder.from_pretrained(source.name, step=source.step, dtype=jnp.dtype(args.dtype))
   result = mine.mine_negatives(encoder, queries, corpus, settings, options)
   result.summary.update(model=str(source.name), step=source.step, layer=layer, dim=dim,
-                        pooling=args.pooling or encoder.default_pooling, similarity=args.similarity)
+                        pooling=args.pooling or encoder.default_pooling, similarity=args.similarity,
+                        train=args.train, corpus_source=args.corpus or "the training file's passages",
+                        query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
+                        search=f"faiss {args.faiss}" if args.faiss else "exact")
   mine.write_result(result, output, summary_file)
   _print_summary(result.summary, output, summary_file)
 

@@ -315,6 +315,9 @@ def test_the_readmes_example_outputs_are_ignored_by_git():
      "error: input file /nonexistent/texts.txt does not exist"),
     ("export", ["--model", "/nonexistent/model", "--output", "/tmp/x"],
      "error: model folder /nonexistent/model does not exist"),
+    ("mine", ["--train", str(REPO / "data" / "quickstart" / "snli_triplets.jsonl"), "--layer", "7",
+              "--output", "/tmp/starbucks_mine_never_written.jsonl"],
+     "error: layer 7 is outside 1..6 (the model has 6 layers)"),
 ])
 def test_one_plain_error_line_from_the_command(command, args, message):
   out = subprocess.run([sys.executable, "-m", f"starbucks_jax.{command}", *args], capture_output=True, text=True,
