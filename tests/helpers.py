@@ -38,17 +38,22 @@ def spread_bert(folder: Path, minilm: Path) -> Path:
   """A tiny BERT (tiny_hf_config) with weights N(0, 0.1) and plain LayerNorms, saved with MiniLM's tokenizer.
   `randomize`'s noise sends every text to nearly one direction (all cosines 0.9999x, closer than float32
   resolves); these weights spread texts out, so a search has a ranking worth comparing."""
-  import torch
   import transformers
-  model = transformers.BertModel(tiny_hf_config())
-  gen = torch.Generator().manual_seed(0)
+  return save_with_tokenizer(spread_weights(transformers.BertModel(tiny_hf_config())), folder, minilm)
+
+
+def spread_weights(model, seed: int = 0):
+  """Weights N(0, 0.1) and LayerNorms at 1 and 0 (any family's names: LayerNorm, layer_norm): texts stay
+  apart, so a loss has gradients worth following."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if "LayerNorm" in name:
+      if "layernorm" in name.lower().replace("_", ""):
         p.fill_(1.0 if name.endswith("weight") else 0.0)
       else:
         p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-  return save_with_tokenizer(model.eval(), folder, minilm)
+  return model.eval()
 
 
 def mlm_logits(head_params: dict, word_embeddings, hidden, *, layer_norm_eps: float):

@@ -68,7 +68,7 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
       "pooling_mode_mean_sqrt_len_tokens": False,
   })
   _write_json(out / "sentence_bert_config.json",
-              {"max_seq_length": min(max_seq_length, config.max_position_embeddings), "do_lower_case": False})
+              {"max_seq_length": min(max_seq_length, config.max_text_length), "do_lower_case": False})
   _write_json(out / "config_sentence_transformers.json", {
       "__version__": {"starbucks_jax": _version()},
       "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",

@@ -69,7 +69,7 @@ class Encoder:
     self.params = params
     self.tokenizer = tokenizer
     self.default_pooling = default_pooling
-    self.max_length = min(max_length, config.max_position_embeddings)
+    self.max_length = min(max_length, config.max_text_length)
     self.dtype = dtype
 
   @classmethod
@@ -85,7 +85,7 @@ class Encoder:
     if saved_step is not None:
       log.info("encoding with %s at step %d", source.workdir, saved_step)
     if max_length is None:
-      max_length = serving.max_seq_length or config.max_position_embeddings
+      max_length = serving.max_seq_length or config.max_text_length
     return cls(config, params, load_tokenizer(source.model_dir), default_pooling=serving.pooling or "cls",
                max_length=max_length, dtype=dtype)
 
@@ -113,7 +113,7 @@ class Encoder:
     layers = tuple(sorted(set(int(n) for n in layers)))
     if batch_size < 1:
       raise StarbucksError(f"batch_size must be at least 1, got {batch_size}")
-    max_length = min(max_length or self.max_length, self.config.max_position_embeddings)
+    max_length = min(max_length or self.max_length, self.config.max_text_length)
     if isinstance(texts, str):
       raise StarbucksError("texts must be a sequence of strings, not one string")
     texts = list(texts)

@@ -72,6 +72,11 @@ class BertConfig(EncoderConfig):
     """A `config.json` dict that transformers' BertConfig reads."""
     return {**super().to_hf_dict(architecture), "hidden_act": "gelu", "position_embedding_type": "absolute"}
 
+  def embedding_positions(self, input_ids, position_ids=None):
+    """The rows of the position table each token reads: its place in its text (given for packed rows,
+    else 0, 1, 2, ...). RoBERTa (`roberta.py`) shifts them."""
+    return jnp.arange(input_ids.shape[1])[None, :] if position_ids is None else position_ids
+
 
 def _dense(config: BertConfig, features: int, dtype: Dtype, name: str) -> dense.Dense:
   return dense.Dense(features, dtype=dtype, name=name, kernel_init=nn.initializers.normal(config.initializer_range))
@@ -93,7 +98,7 @@ class Embeddings(nn.Module):
     init = nn.initializers.normal(cfg.initializer_range)
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=self.dtype,
                                      param_dtype=jnp.float32, name=name)
-    positions = jnp.arange(input_ids.shape[1])[None, :] if position_ids is None else position_ids
+    positions = cfg.embedding_positions(input_ids, position_ids)
     x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
          + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
@@ -187,9 +192,8 @@ class BertEncoder(nn.Module):
     num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 0 <= num_layers <= cfg.num_hidden_layers:
       raise ValueError(f"num_layers must be in 0..{cfg.num_hidden_layers}, got {num_layers}")
-    if input_ids.shape[1] > cfg.max_position_embeddings:
-      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
-                       f"{cfg.max_position_embeddings}")
+    if position_ids is None and input_ids.shape[1] > cfg.max_text_length:
+      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the model's {cfg.max_text_length} positions")
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:

@@ -60,6 +60,12 @@ class EncoderConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_attention_heads
 
+  @property
+  def max_text_length(self) -> int:
+    """The most tokens one text may have: the position table's size, less any rows a family reserves
+    (RoBERTa's start past its pad id)."""
+    return self.max_position_embeddings
+
   @classmethod
   def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json"):
     """The fields of this class found in a Hugging Face config dict; other keys are ignored."""

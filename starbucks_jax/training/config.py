@@ -139,8 +139,8 @@ class ExportConfig:
 
   def serving_length(self, source, model_config) -> int:
     """The export's max_seq_length for a run starting from `source` (a `workdir.ModelSource`)."""
-    length = self.max_seq_length or source.serving().max_seq_length or model_config.max_position_embeddings
-    return min(length, model_config.max_position_embeddings)
+    length = self.max_seq_length or source.serving().max_seq_length or model_config.max_text_length
+    return min(length, model_config.max_text_length)
 
 
 # The task's blocks: `tasks.read_config` reads them with the task's classes, under the task's keys.

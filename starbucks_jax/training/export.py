@@ -77,7 +77,7 @@ def write_export(params: dict, config, tokenizer_dir: Path, output, *, serving: 
   try:
     save_pretrained(staging, params, config, tokenizer_dir=tokenizer_dir, num_layers=num_layers,
                     pooling=serving.pooling or "cls",
-                    max_seq_length=serving.max_seq_length or config.max_position_embeddings,
+                    max_seq_length=serving.max_seq_length or config.max_text_length,
                     normalize=serving.normalize, with_mlm_head=serving.mlm_head)
     _upload(output, staging) if remote else _replace(output, staging)
   except OSError as e:

@@ -99,7 +99,7 @@ def export_main(*args):
     ("--config.starbucks.pairs=((2.7,32.9),)", r"each pair must be \(layer, dim\) integers, got \(2.7, 32.9\)"),
     ("--config.optimizer.lr=inf", "optimizer.lr must be a positive finite number, got inf"),
     ("--config.data.query_max_length=100000", "data.query_max_length 100000 exceeds the model's "
-                                              "max_position_embeddings 64"),
+                                              r"64 positions \(max_position_embeddings 64\)"),
     ("--config.optimizer.no_such_key=1", "^unknown config key optimizer.no_such_key$"),
     ("--config.batch_sise=8", '^unknown config key batch_sise; did you mean "batch_size"'),
     ("--wrkdir=x", r"^unknown flag --wrkdir \(python -m starbucks_jax.train --help lists them\)$"),

@@ -1,7 +1,8 @@
 """Run in a subprocess by test_sharding.py: one SRL or SMAE loss-and-gradient computation on a 1-device
 mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences. With a fourth argument
 "fsdp" the 8 devices form a data=2 x fsdp=4 mesh and parameters, optimizer state and gradients are
-sharded by the FSDP rules. A fifth argument sets the compute dtype (default float32)."""
+sharded by the FSDP rules. A fifth argument sets the compute dtype (default float32). PROBE_FAMILY=roberta
+in the environment runs the RoBERTa family instead of BERT (its positions, its registry entry and axes)."""
 
 import os
 
@@ -16,8 +17,9 @@ import numpy as np
 
 from starbucks_jax.losses.smae import SmaeSpec, init_decoder_params
 from starbucks_jax.losses.srl_spec import SrlLossSpec
-from starbucks_jax.model import bert
 from starbucks_jax.model.bert import BertConfig
+from starbucks_jax.model.registry import family_of
+from starbucks_jax.model.roberta import RobertaConfig
 from starbucks_jax.model.mlm_head import init_mlm_head_params
 from starbucks_jax.runtime import sharding
 from starbucks_jax.training import step as train_step
@@ -26,10 +28,11 @@ from starbucks_jax.training.tasks.srl import SrlStepSettings
 
 
 def main(dropout: float, accum: int, mode: str, fsdp: int = 1, dtype: str = "float32"):
-  config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                      intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=dropout,
-                      attention_probs_dropout_prob=dropout)
-  params = bert.init_params(config, jax.random.key(0))
+  config_class = RobertaConfig if os.environ.get("PROBE_FAMILY") == "roberta" else BertConfig
+  config = config_class(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=66, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
+  params = family_of(config).init_params(config, jax.random.key(0))
   if mode == "smae":
     return main_smae(config, params, accum, fsdp, dtype)
   if mode == "2dmse":
@@ -45,7 +48,7 @@ def main(dropout: float, accum: int, mode: str, fsdp: int = 1, dtype: str = "flo
   def side(rows):
     ids = rng.integers(5, 120, (rows, length)).astype(np.int32)
     mask = (np.arange(length)[None] < rng.integers(3, length + 1, (rows, 1))).astype(np.int32)
-    return ids * mask, mask
+    return np.where(mask == 1, ids, config.pad_token_id), mask
 
   qi, qm = side(queries)
   pi, pm = side(queries * group)
@@ -88,7 +91,7 @@ def compare(params, batch, settings, fsdp):
     mesh = sharding.make_mesh(ml_collections.ConfigDict(layout))
     rep, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     state = train_step.init_state(params, keep_grads, seed=3)
-    state_layout = sharding.tree_shardings(state, mesh, bert.FAMILY.param_axes)
+    state_layout = sharding.tree_shardings(state, mesh, family_of(settings.model_config).param_axes)
 
     def run_step(s, b, mesh=mesh):
       with sharding.activation_layout(mesh):  # as training/loop.py traces it

@@ -3,6 +3,7 @@ negatives and the token means of the masked-LM losses come from sharding the glo
 must not depend on the device count."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,14 @@ import pytest
 PROBE = Path(__file__).with_name("sharding_probe.py")
 
 
-# "fsdp": the 8 devices as data=2 x fsdp=4, parameters and Adam state sharded by the FSDP rules.
-@pytest.mark.parametrize("dropout, accum, mode, layout", [(0.0, 1, "starbucks", "dp"), (0.1, 1, "starbucks", "fsdp"),
-                                                           (0.0, 2, "starbucks", "fsdp"), (0.1, 1, "2dmse", "dp"),
-                                                           (0.1, 2, "smae", "fsdp")])
-def test_one_and_eight_devices_agree(dropout, accum, mode, layout):
+# "fsdp": the 8 devices as data=2 x fsdp=4, parameters and Adam state sharded by the FSDP rules. One case
+# runs the RoBERTa family (its positions, and its axes through the registry).
+@pytest.mark.parametrize("dropout, accum, mode, layout, family", [
+    (0.0, 1, "starbucks", "dp", "bert"), (0.1, 1, "starbucks", "fsdp", "roberta"),
+    (0.0, 2, "starbucks", "fsdp", "bert"), (0.1, 1, "2dmse", "dp", "bert"), (0.1, 2, "smae", "fsdp", "bert")])
+def test_one_and_eight_devices_agree(dropout, accum, mode, layout, family):
   out = subprocess.run([sys.executable, str(PROBE), str(dropout), str(accum), mode, layout], capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=600, env=dict(os.environ, PROBE_FAMILY=family))
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["devices"] == 8

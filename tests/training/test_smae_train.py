@@ -152,7 +152,7 @@ def test_mlm_modes_train_without_a_decoder(tiny_dir, tmp_path):
     ({"smae.pairs": ((2, 33),)}, r"beyond the model"),
     ({"smae.mode": "electra"}, "smae.mode must be one of"),
     ({"data.encoder_mask_rate": 0.5, "data.decoder_mask_rate": 0.4}, "rate"),
-    ({"data.max_length": 128}, "exceeds the model's max_position_embeddings 64"),
+    ({"data.max_length": 128}, r"exceeds the model's 64 positions \(max_position_embeddings 64\)"),
     ({"data.source": "/no/such/text.jsonl"}, "/no/such/text.jsonl does not exist"),
     ({"data.text_column": "body"}, "body"),
     ({"init_from": "/no/such/workdir"}, "/no/such/workdir does not exist"),

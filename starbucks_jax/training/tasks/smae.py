@@ -78,9 +78,10 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                          "examples, so grad_accum_steps gives the same objective in less memory")
   tokenizer = load_tokenizer(source.model_dir)
   data_config = config.data
-  if data_config.max_length > model_config.max_position_embeddings:
+  if data_config.max_length > model_config.max_text_length:
     raise StarbucksError(f"data.max_length {data_config.max_length} exceeds the model's "
-                         f"max_position_embeddings {model_config.max_position_embeddings}")
+                         f"{model_config.max_text_length} positions (max_position_embeddings "
+                         f"{model_config.max_position_embeddings})")
   if data_config.packing and config.grad_accum_steps > 1:
     raise StarbucksError("data.packing does not combine with grad_accum_steps > 1 yet: micro-batches split a "
                          "batch by rows, and a packed row holds several texts")

@@ -165,9 +165,10 @@ def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSp
 def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
   spec = make_loss_spec(config.loss, model_config)
   for name in ("query_max_length", "passage_max_length"):
-    if getattr(config.data, name) > model_config.max_position_embeddings:
+    if getattr(config.data, name) > model_config.max_text_length:
       raise StarbucksError(f"data.{name} {getattr(config.data, name)} exceeds the model's "
-                           f"max_position_embeddings {model_config.max_position_embeddings}")
+                           f"{model_config.max_text_length} positions (max_position_embeddings "
+                           f"{model_config.max_position_embeddings})")
   if spec.mode == "separate":  # the model is cut to the pair's layer count and trained as that
     model_config = model_config.replace(num_hidden_layers=spec.pairs[0][0])
   if config.data.packing and (config.grad_cache.enabled or config.grad_accum_steps > 1):
