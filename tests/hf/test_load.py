@@ -138,7 +138,7 @@ def test_incomplete_mlm_head_is_refused(masked_lm, tmp_path):
 
 @pytest.mark.parametrize("problem, match", [
     ("no_weights", "no weights in"),
-    ("not_bert", "model_type is 'roberta'"),
+    ("not_bert", "model_type is 'gpt2'"),
     ("no_config", "no config.json"),
     ("missing_folder", "does not exist"),
 ])
@@ -148,7 +148,7 @@ def test_bad_folders_get_clear_errors(problem, match, tiny_dir, tmp_path):
     folder.mkdir()
   if problem in ("no_weights", "not_bert"):
     config = json.loads((tiny_dir / "config.json").read_text())
-    config["model_type"] = "roberta" if problem == "not_bert" else "bert"
+    config["model_type"] = "gpt2" if problem == "not_bert" else "bert"
     (folder / "config.json").write_text(json.dumps(config))
     if problem == "not_bert":
       shutil.copyfile(tiny_dir / "model.safetensors", folder / "model.safetensors")

@@ -119,8 +119,11 @@ def test_exports_load_in_transformers_and_sentence_transformers(family_dir, tmp_
 
 @pytest.mark.parametrize("task", ["srl", "smae"])
 def test_srl_and_smae_train_and_export(family_dir, task, tmp_path):
-  """A few steps of each task from the folder, with its own tokenizer: the loss falls, the export is the family's."""
+  """A few steps of each task from the folder, with its own tokenizer: the loss falls, the export is the family's.
+  SMAE runs on RoBERTa only: XLM-R is the same code under other names, and its MLM head is checked above."""
   model_type, source, torch_mlm = family_dir
+  if task == "smae" and model_type == "xlm-roberta":
+    pytest.skip("XLM-R's SMAE is RoBERTa's code (test above); one family's run covers it")
   folder = tmp_path / "spread"  # the same model with weights that keep texts apart (`spread_weights`)
   spread_weights(type(torch_mlm)(torch_mlm.config)).save_pretrained(str(folder))
   for name in source.iterdir():

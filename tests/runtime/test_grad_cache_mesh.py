@@ -32,7 +32,8 @@ def assert_exact(results: dict, cases) -> None:
 
 
 def test_cached_step_equals_the_plain_step_on_eight_devices_data_2_fsdp_4():
-  cases = ["starbucks-scores-kl", "two-lengths-dot-remat"]
+  from tests.training.test_grad_cache import MESH_CASES
+  cases = list(MESH_CASES)
   results = probe_results([sys.executable, str(PROBE), "2", "4", *cases], JAX_PLATFORMS="cpu",
                           XLA_FLAGS="--xla_force_host_platform_device_count=8")
   assert results["devices"] == 8 and results["processes"] == 1

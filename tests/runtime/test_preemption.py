@@ -22,13 +22,13 @@ from tests.helpers import REPO
 STEPS, EVERY = 10, 4
 
 
-def command(workdir, model_dir, num_steps=STEPS, extra=()):
+def command(workdir, model_dir, num_steps=STEPS, extra=(), packing=True):
   overrides = [f"--config.model.name={model_dir}", "--config.data.max_examples=96", "--config.batch_size=8",
                f"--config.num_steps={num_steps}", f"--config.checkpoint.every_steps={EVERY}",
                "--config.log_every_steps=1", "--config.starbucks.pairs=((1,8),(2,16),(4,32))",
                "--config.data.query_max_length=32", "--config.data.passage_max_length=32", "--config.mesh.data=1",
                "--config.progress_bar=False", "--config.optimizer.lr=1e-3", "--config.eval.sts=()",
-               "--config.tensorboard=False", "--config.data.packing=True"]
+               "--config.tensorboard=False", f"--config.data.packing={packing}"]
   return [sys.executable, "-m", "starbucks_jax.train", "--config", str(REPO / "configs" / "quickstart.py"),
           "--workdir", str(workdir)] + overrides + list(extra)
 

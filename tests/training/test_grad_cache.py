@@ -23,9 +23,12 @@ from tests.training import grad_cache_probe as probe
 TOLERANCE = 1e-5  # relative, float32
 
 
-# Every schedule and objective here; tests/runtime/test_grad_cache_mesh.py runs the two that differ in what
-# crosses devices (fused and separate passes) on 8 simulated devices and in two processes.
-@pytest.mark.parametrize("case", list(probe.CASES))
+# tests/runtime/test_grad_cache_mesh.py runs the two cases that differ in what crosses devices (fused and
+# separate passes) on 8 simulated devices and in two processes; every other schedule and objective runs here.
+MESH_CASES = ("starbucks-scores-kl", "two-lengths-dot-remat")
+
+
+@pytest.mark.parametrize("case", [case for case in probe.CASES if case not in MESH_CASES])
 def test_cached_step_equals_the_plain_step_on_one_device(case):
   result = probe.compare(case, sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1})))
   assert result["loss_diff"] < TOLERANCE and result["metric_diff"] < TOLERANCE, result
@@ -92,7 +95,7 @@ def train_command(workdir, tiny_dir, *extra, **env):
   import os
   import subprocess
   from tests.runtime.test_preemption import command
-  return subprocess.run(command(workdir, tiny_dir) + list(extra), env=dict(os.environ, **env), capture_output=True,
+  return subprocess.run(command(workdir, tiny_dir, packing=False) + list(extra), env=dict(os.environ, **env), capture_output=True,
                         text=True, timeout=600)
 
 

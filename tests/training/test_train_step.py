@@ -125,7 +125,7 @@ def test_gradients_are_clipped_before_adam():
 def test_remat_saves_memory_in_the_compiled_step():
   """XLA's temporaries of the whole step, with dropout: "dots" and "full" keep less than "none" (on the CPU,
   remat saved nothing before its recomputation was tied to the cotangent: model/remat.py)."""
-  config = CONFIG.replace(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_hidden_layers=4)
+  config = CONFIG.replace(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_hidden_layers=2)
   params = bert.init_params(config, jax.random.key(0))
   tx, _ = optim.make_optimizer(optim.OptimizerConfig(), total_steps=10)
   state = train_step.init_state(params, tx, seed=0)
