@@ -43,13 +43,13 @@ def spread_bert(folder: Path, minilm: Path) -> Path:
 
 
 def spread_weights(model, seed: int = 0):
-  """Weights N(0, 0.1) and LayerNorms at 1 and 0 (any family's names: LayerNorm, layer_norm): texts stay
-  apart, so a loss has gradients worth following."""
+  """Weights N(0, 0.1) and LayerNorms at 1 and 0 (any family's names: LayerNorm, layer_norm, final_norm):
+  texts stay apart, so a loss has gradients worth following."""
   import torch
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if "layernorm" in name.lower().replace("_", ""):
+      if "norm" in name.lower():
         p.fill_(1.0 if name.endswith("weight") else 0.0)
       else:
         p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
@@ -109,3 +109,29 @@ def tiny_config(model_dir, **changes):
 def run_train(config, workdir):
   from starbucks_jax.training.loop import train
   return train(config, Path(workdir))
+
+
+def check_encode_and_evaluate_commands(workdir: Path, tmp_path: Path) -> dict:
+  """`encode` and `evaluate` on a training workdir (any family): the encode command's vectors equal the
+  library's, and evaluate scores STS-B (its first 40 pairs) at two sizes. Returns the results."""
+  import json
+  import math
+  from starbucks_jax.cli.encode import main as encode
+  from starbucks_jax.cli.evaluate import main as evaluate
+  from starbucks_jax.inference.encoder import Encoder
+  texts = ["a man plays a guitar", "two dogs run on the beach", "the cat sleeps on the sofa"]
+  (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+  encode(["--model", str(workdir), "--layer", "2", "--dim", "16", "--input", str(tmp_path / "texts.txt"),
+          "--output", str(tmp_path / "v.npy")])
+  np.testing.assert_allclose(np.load(tmp_path / "v.npy"),
+                             Encoder.from_pretrained(workdir).encode(texts, layer=2, dim=16), atol=1e-6)
+  stsb = (REPO / "data" / "quickstart" / "stsb_test.jsonl").read_text().splitlines()
+  rows = [json.loads(line) for line in stsb[:40]]
+  sts = tmp_path / "sts_small.csv"
+  sts.write_text("sentence1,sentence2,score\n" + "".join(
+      f"\"{r['sentence1']}\",\"{r['sentence2']}\",{r['score']}\n" for r in rows))
+  evaluate(["--model", str(workdir), "--sts", str(sts), "--pairs", "1:8,4:32", "--output", str(tmp_path / "r.json")])
+  results = json.loads((tmp_path / "r.json").read_text())["sts"]["sts_small"]
+  assert list(results) == ["1,8", "4,32"]
+  assert all(math.isfinite(v) for pair in results.values() for v in pair.values())
+  return results

@@ -3,7 +3,7 @@
 Each family's explicit name table (`HfNames`, e.g. `model/bert_names.py`) says which Hugging Face tensor
 is which of our parameters; import and export both read it, and the parity and coverage tests check it.
 Our tree: {"encoder": <the family's encoder params>, "pooler": {kernel, bias}, "mlm_head": <mlm_head
-params>}; "mlm_head" only when the checkpoint has one.
+params>}; "mlm_head" only when the checkpoint has one, "pooler" only when the family has one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def name_table(names: HfNames, num_layers: int) -> list[tuple[str, str, bool]]:
   """The encoder's full table for a model with `num_layers` layers (no pooler or head)."""
-  layers = [(hf.format(i=i), ours.format(i=i), t) for i in range(num_layers) for hf, ours, t in names.layer]
+  layers = [(hf.format(i=i), ours.format(i=i), t) for i in range(num_layers) for hf, ours, t in names.layer
+            if not (i == 0 and hf in names.first_layer_skips)]
   return list(names.embeddings) + layers
 
 
@@ -103,7 +104,7 @@ def hf_to_params(state_dict: dict[str, np.ndarray], config, *, source: str = "ch
                          f"{_abbreviate(report.missing, 4)}")
 
   take(names.pooler)
-  if not all(hf in tensors for hf, _, _ in names.pooler):
+  if names.pooler and not all(hf in tensors for hf, _, _ in names.pooler):
     pooler = family.init_pooler_params(config, jax.random.key(0) if rng is None else rng)
     flat.update({f"pooler/{k}": np.asarray(v) for k, v in pooler.items()})
     report.initialized.append("pooler")

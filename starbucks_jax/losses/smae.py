@@ -253,7 +253,8 @@ def _mae_terms(params, batch, out, transform, spec: SmaeSpec, model_config, dtyp
 
   def decode(x, rng):
     return family.apply_layer(params["mae_decoder"], x, batch["attention_mask"], config=model_config, dtype=dtype,
-                              deterministic=deterministic, dropout_rng=rng, segment_ids=packed.get("segment_ids"))
+                              deterministic=deterministic, dropout_rng=rng, segment_ids=packed.get("segment_ids"),
+                              position_ids=packed.get("position_ids"))
 
   if deterministic:
     decoded = jax.vmap(lambda x: decode(x, None))(inputs)

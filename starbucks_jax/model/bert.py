@@ -243,9 +243,11 @@ def embed(params, input_ids, token_type_ids=None, *, config: BertConfig, dtype: 
 
 
 def apply_layer(layer_params, x, attention_mask, *, config: BertConfig, dtype: Dtype = jnp.float32,
-                deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, segment_ids=None) -> jnp.ndarray:
+                deterministic: bool = True, dropout_rng: Optional[jax.Array] = None, segment_ids=None,
+                position_ids=None) -> jnp.ndarray:
   """One encoder layer with the given parameters (an `encoder/layer_{i}` tree) over [batch, length, hidden];
-  with `segment_ids`, attention stays within each packed text."""
+  with `segment_ids`, attention stays within each packed text. (`position_ids`: unused, BERT's positions
+  are in its embeddings.)"""
   rngs = None if deterministic else {"dropout": dropout_rng}
   return constrain_activations(EncoderLayer(config, dtype).apply({"params": layer_params}, x.astype(dtype),
                                                       attention_mask_of(attention_mask, segment_ids), deterministic,

@@ -35,6 +35,8 @@ def read_config_json(path) -> dict[str, Any]:
 class EncoderConfig:
   """The fields every family's config has; frozen and hashable (a static argument of jitted functions)."""
   model_type: ClassVar[str] = ""  # config.json's model_type; set by each family's subclass
+  mlm_head_biases: ClassVar[bool] = True  # does the MLM head's transform and LayerNorm have biases (`mlm_head.py`)
+  mlp_projections: ClassVar[int] = 2  # matrices in a layer's MLP, for FLOPs: 2 (in, out); 3 with a GLU's gate
   vocab_size: int = 30522
   hidden_size: int = 768
   num_hidden_layers: int = 12

@@ -121,14 +121,18 @@ def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
 
 
 class Dense(nn.Module):
-  """`flax.linen.Dense` with the same parameters, computing `matmul(x, kernel, dtype) + bias`."""
+  """`flax.linen.Dense` with the same parameters, computing `matmul(x, kernel, dtype) + bias` (no bias
+  parameter when `use_bias` is False, as in ModernBERT)."""
   features: int
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     y = matmul(x, kernel, self.dtype)
+    if not self.use_bias:
+      return y
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return y + bias.astype(y.dtype)

@@ -1,12 +1,13 @@
 """What a model family provides: the interface that every caller of a model goes through.
 
-A family (BERT today) is one module with its config and forward pass (`bert.py`) and one with its
+A family (BERT, RoBERTa, ModernBERT) is one module with its config and forward pass (`bert.py`) and one with its
 parameter names (`bert_names.py`: the Hugging Face name table and the sharding axes); `registry.py`
 lists the families. Nothing outside `model/` imports a family module: callers ask the registry for the
 family of a config (`registry.family_of(config)`) and call its functions.
 
-Parameter trees are {"encoder": ..., "pooler": {kernel, bias}} plus "mlm_head" (`mlm_head.py`) when the
-model has one; the encoder tree is the family's own.
+Parameter trees are {"encoder": ..., "pooler": {kernel, bias}} (no "pooler" where the Hugging Face model
+has none: ModernBERT) plus "mlm_head" (`mlm_head.py`) when the model has one; the encoder tree is the
+family's own.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ class HfNames:
   Attributes:
     embeddings, layer, pooler, mlm_head: the tables, in the base-model layout (no prefix).
     base_prefix: what the *ForMaskedLM / *ForPreTraining layouts put before the base model's names.
-    head_prefix: the names that keep no prefix in those layouts (the MLM head's).
+    head_prefix: the names that keep no prefix in those layouts (the MLM head's): a prefix or a tuple of them.
     ignored: names that carry nothing we keep (buffers, other heads, a tied decoder).
     aliases: {name: older name}: a tensor read under the older name when the name is absent.
     tied_decoder: the head's decoder weight, which must equal the word embeddings (None: no such tensor).
     base_architecture, mlm_architecture: `architectures` of an export without and with the MLM head.
     expected_shapes: config -> {our path: shape} for every parameter of a full model.
     normalise: a checkpoint name -> the base-layout name (strips base_prefix, renames legacy names).
+    first_layer_skips: `layer` rows that layer 0 lacks (ModernBERT's layer 0 has no attention norm: its
+      input is the embedding norm's output).
   """
   embeddings: tuple
   layer: tuple
@@ -60,6 +63,7 @@ class HfNames:
   mlm_architecture: str
   expected_shapes: Callable
   normalise: Callable[[str], str]
+  first_layer_skips: frozenset = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +85,13 @@ class ModelFamily:
     embed: (params, input_ids, *, config, dtype, deterministic, dropout_rng, position_ids=None) -> the
       embedding output alone (SMAE's decoder input).
     apply_layer: (layer_params, x, attention_mask, *, config, dtype, deterministic, dropout_rng,
-      segment_ids=None) -> one encoder layer (SMAE's decoder).
+      segment_ids=None, position_ids=None) -> one encoder layer (SMAE's decoder; rotary families need
+      the positions of packed rows).
     init_params: (config, rng, *, with_mlm_head=False) -> a freshly initialised parameter tree.
-    init_pooler_params: (config, rng) -> the pooler's parameters (an export needs one).
+    init_pooler_params: (config, rng) -> the pooler's parameters (an export needs one; {} for none).
     word_embeddings: params -> the [vocab, hidden] table the MLM head's decoder is tied to.
-    first_layer: encoder params -> the first layer's parameters (SMAE's decoder starts as a copy).
+    first_layer: encoder params -> what `apply_layer` takes, from the first layer (SMAE's decoder starts
+      as a copy).
     keep_layers: (encoder params, n) -> the encoder params of the model cut to its first n layers.
     hf_names: the Hugging Face name table.
     param_axes: ((regex on a parameter path, logical axes), ...) for sharding: `runtime/sharding.py`

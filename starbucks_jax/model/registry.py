@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from starbucks_jax.errors import StarbucksError
-from starbucks_jax.model import bert, roberta
+from starbucks_jax.model import bert, modernbert, roberta
 from starbucks_jax.model.config import EncoderConfig, read_config_json
 from starbucks_jax.model.family import ModelFamily
 
@@ -21,6 +21,7 @@ FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
     bert.FAMILY,
     roberta.FAMILY,
     roberta.XLM_FAMILY,
+    modernbert.FAMILY,
 )}
 
 

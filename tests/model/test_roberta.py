@@ -14,7 +14,8 @@ import transformers
 from starbucks_jax.hf.load import load_pretrained
 from starbucks_jax.hf.save import save_pretrained
 from starbucks_jax.model.registry import family_of
-from tests.helpers import mlm_logits, randomize, run_train, spread_weights, tiny_config
+from tests.helpers import (check_encode_and_evaluate_commands, mlm_logits, randomize, run_train, spread_weights,
+                           tiny_config)
 
 FAMILIES = {  # model_type: (transformers config, base model, masked-LM model)
     "roberta": (transformers.RobertaConfig, transformers.RobertaModel, transformers.RobertaForMaskedLM),
@@ -148,3 +149,5 @@ def test_srl_and_smae_train_and_export(family_dir, task, tmp_path):
   assert len(losses) == 16 and np.mean(losses[-4:]) < np.mean(losses[:4]), losses
   exported = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
   assert exported["model_type"] == model_type
+  if task == "srl":  # the encode and evaluate commands on the family's workdir
+    check_encode_and_evaluate_commands(tmp_path / "run", tmp_path)

@@ -41,7 +41,7 @@ def renamed_folder(tmp_path_factory, minilm_dir):
 def test_unregistered_model_type_is_refused(renamed_folder):
   from starbucks_jax.errors import StarbucksError
   from starbucks_jax.hf.load import load_pretrained
-  with pytest.raises(StarbucksError, match="model_type is 'renamed_bert', but only 'bert', 'roberta', 'xlm-roberta' models"):
+  with pytest.raises(StarbucksError, match="model_type is 'renamed_bert', but only 'bert', 'modernbert', 'roberta', 'xlm-roberta' models"):
     load_pretrained(renamed_folder[0])
 
 

@@ -2,7 +2,8 @@
 mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences. With a fourth argument
 "fsdp" the 8 devices form a data=2 x fsdp=4 mesh and parameters, optimizer state and gradients are
 sharded by the FSDP rules. A fifth argument sets the compute dtype (default float32). PROBE_FAMILY=roberta
-in the environment runs the RoBERTa family instead of BERT (its positions, its registry entry and axes)."""
+or modernbert in the environment runs that family instead of BERT (its positions, its registry entry and
+axes; ModernBERT's windows are 2 tokens each side of the 12-token rows)."""
 
 import os
 
@@ -17,9 +18,7 @@ import numpy as np
 
 from starbucks_jax.losses.smae import SmaeSpec, init_decoder_params
 from starbucks_jax.losses.srl_spec import SrlLossSpec
-from starbucks_jax.model.bert import BertConfig
-from starbucks_jax.model.registry import family_of
-from starbucks_jax.model.roberta import RobertaConfig
+from starbucks_jax.model.registry import family_for_type, family_of
 from starbucks_jax.model.mlm_head import init_mlm_head_params
 from starbucks_jax.runtime import sharding
 from starbucks_jax.training import step as train_step
@@ -28,10 +27,11 @@ from starbucks_jax.training.tasks.srl import SrlStepSettings
 
 
 def main(dropout: float, accum: int, mode: str, fsdp: int = 1, dtype: str = "float32"):
-  config_class = RobertaConfig if os.environ.get("PROBE_FAMILY") == "roberta" else BertConfig
-  config = config_class(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=66, hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout)
+  model_type = os.environ.get("PROBE_FAMILY", "bert")
+  extra = {"local_attention": 4, "pad_token_id": 0} if model_type == "modernbert" else {}
+  config = family_for_type(model_type).config_class(
+      vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+      max_position_embeddings=66, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **extra)
   params = family_of(config).init_params(config, jax.random.key(0))
   if mode == "smae":
     return main_smae(config, params, accum, fsdp, dtype)

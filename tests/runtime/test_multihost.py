@@ -99,12 +99,15 @@ def preempt_then_resume(command, workdir, logs):
   return logs / "resumed"
 
 
-def launch_two_processes(launcher, command, workdir, logs, tmp_path):
-  """2 processes x 2 CPU devices, started by launch/local_cpu.sh (and preempted on the way) or by
-  launch/slurm_gpu.sbatch under a stand-in srun (so SLURM's variables are what starbucks_jax/runtime/distributed.py
-  reads). Returns the folder of the finishing run's process logs."""
-  if launcher == "local":
+def launch_two_processes(launcher, command, workdir, logs, tmp_path, preempt=True):
+  """2 processes x 2 CPU devices, started by launch/local_cpu.sh (and preempted on the way, unless
+  `preempt` is False) or by launch/slurm_gpu.sbatch under a stand-in srun (so SLURM's variables are what
+  starbucks_jax/runtime/distributed.py reads). Returns the folder of the finishing run's process logs."""
+  if launcher == "local" and preempt:
     return preempt_then_resume(command, workdir, logs)
+  if launcher == "local":
+    run(["bash", str(LOCAL_CPU), "2", "2"] + command, STARBUCKS_LOG_DIR=str(logs))
+    return logs
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   (bin_dir / "srun").write_text(FAKE_SRUN)
@@ -172,12 +175,13 @@ def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, 
 def test_two_processes_packing_their_own_rows_match_one_unpacked_process(tiny_dir, tmp_path):
   """Each process packs its own texts (`data.packing`) into as few rows as they need (pack_rows 2 is
   always too few), the processes agree each step on the most rows any of them needs, and with dropout
-  off the run logs what one unpacked process of four devices logs."""
+  off the run logs what one unpacked process of four devices logs. (Not preempted: the test above
+  preempts a two-process run, and test_preemption.py a packed one.)"""
   no_dropout = ["--config.model.hidden_dropout=0.0", "--config.model.attention_dropout=0.0"]
   two = tmp_path / "two"
   logs = launch_two_processes("local", run_args("srl", tiny_dir, two, "--config.data.packing=True",
                                                 "--config.data.pack_rows=2", *no_dropout), two, tmp_path / "logs",
-                              tmp_path)
+                              tmp_path, preempt=False)
   run(run_args("srl", tiny_dir, tmp_path / "one", "--cpu_devices", "4", *no_dropout))
   assert_same_metrics(metrics(two), metrics(tmp_path / "one"))
   for i in (0, 1):
