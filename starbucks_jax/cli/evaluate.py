@@ -12,6 +12,12 @@ evaluator of `evaluation/registry.py` has its flag (`--sts`, `--beir`).
 
 Writes results.json (overwritten if it exists), prints a markdown table, and draws one heatmap per
 data set over layers x dims next to it: `<output stem>_<data set>.png`.
+
+`--precision float32 int8 binary` also scores every size with int8 and binary vectors
+(`evaluation/quantize.py`; metrics "spearman/int8", ...). `--frontier` measures what each size costs
+(`evaluation/cost.py`: encoding time per layer count, FLOPs, bytes per vector, search time) and writes
+the cost-quality frontier beside the results (`evaluation/frontier.py`): `<stem>_frontier.md`,
+`<stem>_frontier.json` and `<stem>_frontier_<data set>.png`.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ def parse_args(argv):
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--chunk-size", type=int, default=8192, help="corpus passages scored on the device at once")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+  p.add_argument("--precision", nargs="+", default=["float32"], metavar="P",
+                 help="vector precisions scored at every size: float32 (always), int8, binary")
+  p.add_argument("--frontier", action="store_true", help="measure each size's cost and write the cost-quality "
+                 "frontier (table, JSON, plots) beside --output")
+  p.add_argument("--cost-batch-size", type=int, default=32, help="with --frontier: texts per timed batch")
+  p.add_argument("--cost-length", type=int, default=128, help="with --frontier: tokens per timed text")
+  p.add_argument("--cost-repeats", type=int, default=3, help="with --frontier: timed runs (the best is kept)")
+  p.add_argument("--search-corpus", type=int, default=100_000,
+                 help="with --frontier: vectors in the timed exact search (default 100000)")
   p.add_argument("--output", required=True, help="results .json to write (overwritten if it exists); "
                  "heatmaps are written beside it")
   return p.parse_args(argv)
@@ -64,6 +79,13 @@ def main(argv=None) -> None:
   if not any(paths.values()):
     raise StarbucksError("nothing to evaluate: give " + " and/or ".join(
         f"--{e.name} {e.metavar}" for e in EVALUATORS.values()))
+  from starbucks_jax.evaluation.quantize import check_precisions
+  precisions = check_precisions(args.precision)
+  cost_options = None
+  if args.frontier:
+    from starbucks_jax.evaluation.cost import CostOptions
+    cost_options = CostOptions(batch_size=args.cost_batch_size, length=args.cost_length, repeats=args.cost_repeats,
+                               search_corpus=args.search_corpus)
   for flag in ("max_length", "query_max_length", "passage_max_length", "batch_size", "chunk_size"):
     value = getattr(args, flag)
     if value is not None and value < (2 if "length" in flag else 1):
@@ -87,11 +109,13 @@ def main(argv=None) -> None:
   options = EvalOptions(pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
                         query_max_length=args.query_max_length or args.max_length or 32,
                         passage_max_length=args.passage_max_length or args.max_length or 256,
-                        similarity=args.similarity, chunk_size=args.chunk_size, split=args.split, show_progress=True)
-  _evaluate(source, paths, pairs, options, args.dtype, output, config.num_hidden_layers)
+                        similarity=args.similarity, chunk_size=args.chunk_size, split=args.split, show_progress=True,
+                        precisions=precisions, model_name=_model_name(source), model_revision=_revision(source),
+                        mteb_folder=str(output.with_name(f"{output.stem}_mteb")) if args.mteb else None)
+  _evaluate(source, paths, pairs, options, args.dtype, output, config.num_hidden_layers, cost_options)
 
 
-def _evaluate(source, paths, pairs, options, dtype: str, output: Path, num_layers: int) -> None:
+def _evaluate(source, paths, pairs, options, dtype: str, output: Path, num_layers: int, cost_options=None) -> None:
   import jax.numpy as jnp
   from starbucks_jax.runtime import outputs
   from starbucks_jax.evaluation import report
@@ -109,6 +133,24 @@ def _evaluate(source, paths, pairs, options, dtype: str, output: Path, num_layer
   except OSError as e:
     raise StarbucksError(f"cannot write the heatmaps beside {output}: {outputs.os_problem(e)}") from None
   print(f"wrote {output}")
+  if cost_options is not None:
+    from starbucks_jax.evaluation import cost, frontier
+    costs = cost.size_costs(encoder, pairs, options.precisions, cost_options, options.similarity)
+    found = frontier.frontiers(results, costs)
+    print(frontier.markdown(found, costs))
+    for path in frontier.write_report(found, costs, output):
+      print(f"wrote {path}")
+
+
+def _model_name(source) -> str:
+  """The model's name in MTEB's results: its folder's (a workdir's) name; a packaged model's "model"
+  folder is named by its package."""
+  path = Path(str(source.name).rstrip("/"))
+  return (path.parent.name if path.name == "model" else path.name) or "model"
+
+
+def _revision(source) -> str:
+  return f"step-{source.step}" if getattr(source, "step", None) is not None else "local"
 
 
 def run() -> None:

@@ -24,6 +24,10 @@ class EvalOptions:
     chunk_size: corpus passages scored on the device at once.
     split: the qrels file a BEIR folder is read with.
     show_progress: progress bars (None: for long inputs).
+    precisions: the vector precisions scored at every size ("float32", "int8", "binary": `quantize.py`);
+      a quantized precision's metrics are named "<metric>/<precision>" ("spearman/int8").
+    mteb_folder: where MTEB writes its result files (`mteb_tasks.py`); None: nowhere kept.
+    model_name, model_revision: the model's name and revision in MTEB's results.
   """
   pooling: str | None = None
   batch_size: int = 32
@@ -34,6 +38,10 @@ class EvalOptions:
   chunk_size: int = 8192
   split: str = "test"
   show_progress: bool | None = None
+  precisions: tuple = ("float32",)
+  mteb_folder: str | None = None
+  model_name: str = "model"
+  model_revision: str = "local"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +54,11 @@ class Evaluator:
     metavar: "FILE" or "DIR".
     load: (path, EvalOptions) -> a data set with a `.name` (its file or folder name); every problem with
       the file is a StarbucksError naming it, raised here, before anything is encoded.
-    evaluate: (encoder, data set, pairs, EvalOptions) -> {pairs.result_key(pair): {metric: value}}.
+    evaluate: (encoder, data set, pairs, EvalOptions) -> {pairs.result_key(pair): {metric: value}}, with
+      "<metric>/<precision>" for each quantized precision in `EvalOptions.precisions`.
     metrics: the metric names, in table order; the first is drawn in the heatmap.
     digits: decimals of the metrics in the printed table.
+    points_scale: points per unit of the first metric, for "within X points" (BEIR's 0..1 metrics: 100).
   """
   name: str
   help: str
@@ -57,3 +67,9 @@ class Evaluator:
   evaluate: Callable
   metrics: tuple[str, ...]
   digits: int = 4
+  points_scale: float = 1.0
+
+
+def precision_metric(metric: str, precision: str) -> str:
+  """The name of `metric` for vectors stored at `precision`: "spearman", "spearman/int8"."""
+  return metric if precision == "float32" else f"{metric}/{precision}"

@@ -29,13 +29,15 @@ def flatten_for_metrics(results: dict) -> dict[str, float]:
 
 def markdown_table(results: dict) -> str:
   """Rows "data set / metric", columns the pairs; each evaluator's metrics with its own decimals (STS x100
-  with 2, BEIR 0..1 with 4)."""
+  with 2, BEIR 0..1 with 4), then those of each quantized precision ("spearman/int8")."""
   rows, keys = [], []
   for kind, evaluator in EVALUATORS.items():
     for name, by_pair in results.get(kind, {}).items():
       keys += [k for k in by_pair if k not in keys]
-      for metric in evaluator.metrics:
-        rows.append((f"{name} / {metric}", {k: f"{m[metric]:.{evaluator.digits}f}" for k, m in by_pair.items()}))
+      present = list(dict.fromkeys(m for metrics in by_pair.values() for m in metrics))
+      for metric in [m for m in present if m.split("/")[0] in evaluator.metrics]:
+        rows.append((f"{name} / {metric}", {k: f"{m[metric]:.{evaluator.digits}f}" for k, m in by_pair.items()
+                                            if metric in m}))
   lines = ["| data set / metric | " + " | ".join(f"({k})" for k in keys) + " |",
            "|---|" + "---:|" * len(keys)]
   lines += [f"| {label} | " + " | ".join(cells.get(k, "") for k in keys) + " |" for label, cells in rows]

@@ -2,7 +2,8 @@
 nDCG@10, RR@10 ("mrr@10") and R@100 ("recall@100") from ir_measures, in 0..1.
 
 Queries and passages are each encoded once, through every layer the pairs need. `search` is exact
-top-k search with the corpus on the host, scored on the device a chunk at a time.
+top-k search with the corpus on the host, scored on the device a chunk at a time. Quantized
+precisions search the corpus stored as int8 codes or bits (`quantize.py`: binary with rescoring).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.evaluation.datasets import BeirSet, load_beir
-from starbucks_jax.evaluation.evaluator import EvalOptions, Evaluator
+from starbucks_jax.evaluation import quantize
+from starbucks_jax.evaluation.evaluator import EvalOptions, Evaluator, precision_metric
 from starbucks_jax.model.pooling import SIMILARITIES, l2_normalize
 from starbucks_jax.pairs import Pair, result_key
 
@@ -79,8 +81,9 @@ def search(queries: np.ndarray, corpus: np.ndarray, *, k: int = RETRIEVAL_DEPTH,
 
 def evaluate_beir(encoder, beir: BeirSet, pairs: Sequence[Pair], *, pooling=None, query_max_length=32,
                   passage_max_length=256, batch_size=32, similarity="cosine", chunk_size=8192,
-                  show_progress=None) -> dict[str, dict[str, float]]:
-  """{"n,d": {"ndcg@10", "mrr@10", "recall@100"}} from exact search at each pair."""
+                  show_progress=None, precisions=("float32",)) -> dict[str, dict[str, float]]:
+  """{"n,d": {"ndcg@10", "mrr@10", "recall@100", and "ndcg@10/int8" ... per quantized precision}} from
+  exact search at each pair."""
   import ir_measures
   from ir_measures import RR, R, nDCG
   layers = sorted({n for n, _ in pairs})
@@ -90,14 +93,17 @@ def evaluate_beir(encoder, beir: BeirSet, pairs: Sequence[Pair], *, pooling=None
   queries = encode(beir.queries, max_length=query_max_length)
   corpus = encode(beir.passages, max_length=passage_max_length)
   measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
+  chunked = functools.partial(search, chunk_size=chunk_size)
   results = {}
   for layer, dim in pairs:
-    scores, rows = search(queries[layer][:, :dim], corpus[layer][:, :dim], chunk_size=chunk_size,
-                          similarity=similarity)
-    run = {qid: {beir.corpus_ids[r]: float(s) for s, r in zip(scores[i], rows[i])}
-           for i, qid in enumerate(beir.query_ids)}
-    values = ir_measures.calc_aggregate(list(measures.values()), beir.qrels, run)
-    results[result_key((layer, dim))] = {name: float(values[m]) for name, m in measures.items()}
+    metrics = results[result_key((layer, dim))] = {}
+    for precision in quantize.check_precisions(precisions):
+      scores, rows = quantize.quantized_search(queries[layer][:, :dim], corpus[layer][:, :dim], precision,
+                                               k=RETRIEVAL_DEPTH, search=chunked, similarity=similarity)
+      run = {qid: {beir.corpus_ids[r]: float(s) for s, r in zip(scores[i], rows[i])}
+             for i, qid in enumerate(beir.query_ids)}
+      values = ir_measures.calc_aggregate(list(measures.values()), beir.qrels, run)
+      metrics.update({precision_metric(name, precision): float(values[m]) for name, m in measures.items()})
   return results
 
 
@@ -105,10 +111,10 @@ def _evaluate(encoder, beir: BeirSet, pairs, options: EvalOptions):
   return evaluate_beir(encoder, beir, pairs, pooling=options.pooling, query_max_length=options.query_max_length,
                        passage_max_length=options.passage_max_length, batch_size=options.batch_size,
                        similarity=options.similarity, chunk_size=options.chunk_size,
-                       show_progress=options.show_progress)
+                       show_progress=options.show_progress, precisions=options.precisions)
 
 
 EVALUATOR = Evaluator(
     name="beir", help="BEIR folders: corpus.jsonl, queries.jsonl, qrels/<split>.tsv", metavar="DIR",
     load=lambda path, options: load_beir(path, split=options.split), evaluate=_evaluate, metrics=METRICS,
-    digits=4)
+    digits=4, points_scale=100.0)

@@ -1,7 +1,8 @@
 """STS evaluation: how well each size's cosine similarity ranks scored sentence pairs.
 
 Spearman and Pearson correlations (x100) of the pairs' cosine similarity with the gold scores; each
-distinct sentence is encoded once, through every layer the pairs need.
+distinct sentence is encoded once, through every layer the pairs need. Quantized precisions score the
+int8 codes (ranges from the set's sentences at each size) or negated Hamming distances (`quantize.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from starbucks_jax.evaluation.datasets import StsSet, load_sts
-from starbucks_jax.evaluation.evaluator import EvalOptions, Evaluator
+from starbucks_jax.evaluation import quantize
+from starbucks_jax.evaluation.evaluator import EvalOptions, Evaluator, precision_metric
 from starbucks_jax.pairs import Pair, result_key
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,9 @@ METRICS = ("spearman", "pearson")
 
 
 def evaluate_sts(encoder, sts: StsSet, pairs: Sequence[Pair], *, pooling=None, max_length=None,
-                 batch_size=32, show_progress=None) -> dict[str, dict[str, float]]:
-  """{"n,d": {"spearman", "pearson"}} (x100) of the pairs' cosine similarity against the gold scores."""
+                 batch_size=32, show_progress=None, precisions=("float32",)) -> dict[str, dict[str, float]]:
+  """{"n,d": {"spearman", "pearson", and "spearman/int8" ... per quantized precision}} (x100) of the pairs'
+  cosine similarity against the gold scores."""
   from scipy import stats
   texts = list(dict.fromkeys(sts.sentence1 + sts.sentence2))  # each distinct sentence encoded once
   row = {text: i for i, text in enumerate(texts)}
@@ -32,18 +35,25 @@ def evaluate_sts(encoder, sts: StsSet, pairs: Sequence[Pair], *, pooling=None, m
   left, right = [row[t] for t in sts.sentence1], [row[t] for t in sts.sentence2]
   results = {}
   for layer, dim in pairs:
-    a = vectors[layer][left, :dim].astype(np.float64)
-    b = vectors[layer][right, :dim].astype(np.float64)
-    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    cosine = np.sum(a * b, axis=1) / norms
-    results[result_key((layer, dim))] = {"spearman": 100 * float(stats.spearmanr(cosine, sts.scores)[0]),
-                                         "pearson": 100 * float(stats.pearsonr(cosine, sts.scores)[0])}
+    metrics = results[result_key((layer, dim))] = {}
+    for precision in quantize.check_precisions(precisions):
+      if precision == "binary":  # closer is a smaller Hamming distance
+        bits = quantize.pack_binary(vectors[layer][:, :dim])
+        similarity = -quantize.hamming_pairs(bits[left], bits[right]).astype(np.float64)
+      else:
+        scored = quantize.scoring_vectors(vectors[layer][:, :dim], precision).astype(np.float64)
+        a, b = scored[left], scored[right]
+        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        similarity = np.sum(a * b, axis=1) / norms
+      metrics[precision_metric("spearman", precision)] = 100 * float(stats.spearmanr(similarity, sts.scores)[0])
+      metrics[precision_metric("pearson", precision)] = 100 * float(stats.pearsonr(similarity, sts.scores)[0])
   return results
 
 
 def _evaluate(encoder, sts: StsSet, pairs, options: EvalOptions):
   return evaluate_sts(encoder, sts, pairs, pooling=options.pooling, max_length=options.max_length,
-                      batch_size=options.batch_size, show_progress=options.show_progress)
+                      batch_size=options.batch_size, show_progress=options.show_progress,
+                      precisions=options.precisions)
 
 
 EVALUATOR = Evaluator(

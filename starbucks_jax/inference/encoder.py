@@ -55,7 +55,8 @@ def padded_length(longest: int, max_length: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_layers", "layers", "pooling", "dtype"))
-def _pooled_layers(params, input_ids, attention_mask, *, config, num_layers, layers, pooling, dtype):
+def pooled_layers(params, input_ids, attention_mask, *, config, num_layers, layers, pooling, dtype):
+  """{layer: [batch, hidden] pooled vectors} of one compiled forward pass that stops at `num_layers`."""
   out = family_of(config).apply(params, input_ids, attention_mask, config=config, num_layers=num_layers, dtype=dtype)
   return {n: out.pooled(n, pooling) for n in layers}
 
@@ -138,7 +139,7 @@ class Encoder:
       for row, i in enumerate(rows):
         input_ids[row, :len(ids[i])] = ids[i]
         attention_mask[row, :len(ids[i])] = 1
-      pooled = _pooled_layers(self.params, input_ids, attention_mask, config=self.config,
+      pooled = pooled_layers(self.params, input_ids, attention_mask, config=self.config,
                               num_layers=layers[-1], layers=layers, pooling=pooling, dtype=self.dtype)
       for n in layers:
         results[n][rows] = np.asarray(pooled[n][:len(rows)])

@@ -178,6 +178,17 @@ def attention_mask_of(attention_mask: jnp.ndarray, segment_ids: Optional[jnp.nda
   return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
 
 
+def layers_and_mask(config: EncoderConfig, input_ids, attention_mask, num_layers, position_ids):
+  """(layers to run: all when None, the [batch, length] mask: all ones when None), checked against the model
+  (a length beyond its positions only where positions are implicit; packed rows restart them)."""
+  num_layers = config.num_hidden_layers if num_layers is None else num_layers
+  if not 0 <= num_layers <= config.num_hidden_layers:
+    raise ValueError(f"num_layers must be in 0..{config.num_hidden_layers}, got {num_layers}")
+  if position_ids is None and input_ids.shape[1] > config.max_text_length:
+    raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the model's {config.max_text_length} positions")
+  return num_layers, jnp.ones_like(input_ids) if attention_mask is None else attention_mask
+
+
 class BertEncoder(nn.Module):
   """Embeddings and the first `num_layers` encoder layers (all of them when None)."""
   config: BertConfig
@@ -189,13 +200,7 @@ class BertEncoder(nn.Module):
                num_layers: Optional[int] = None, deterministic: bool = True, row_ids=None,
                segment_ids=None, position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
     cfg = self.config
-    num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
-    if not 0 <= num_layers <= cfg.num_hidden_layers:
-      raise ValueError(f"num_layers must be in 0..{cfg.num_hidden_layers}, got {num_layers}")
-    if position_ids is None and input_ids.shape[1] > cfg.max_text_length:
-      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the model's {cfg.max_text_length} positions")
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
+    num_layers, attention_mask = layers_and_mask(cfg, input_ids, attention_mask, num_layers, position_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     mask = attention_mask_of(attention_mask, segment_ids)

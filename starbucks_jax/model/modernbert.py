@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from starbucks_jax.model import dense, modernbert_names, pooling, remat as remat_lib
-from starbucks_jax.model.bert import attention_implementation, attention_mask_of, gelu
+from starbucks_jax.model.bert import attention_implementation, attention_mask_of, gelu, layers_and_mask
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import ModelFamily, constrain_activations
 from starbucks_jax.model.mlm_head import init_mlm_head_params
@@ -174,13 +174,7 @@ class ModernBertEncoder(nn.Module):
                segment_ids=None, position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
     del token_type_ids  # ModernBERT has none
     cfg = self.config
-    num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
-    if not 0 <= num_layers <= cfg.num_hidden_layers:
-      raise ValueError(f"num_layers must be in 0..{cfg.num_hidden_layers}, got {num_layers}")
-    if position_ids is None and input_ids.shape[1] > cfg.max_text_length:
-      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the model's {cfg.max_text_length} positions")
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
+    num_layers, attention_mask = layers_and_mask(cfg, input_ids, attention_mask, num_layers, position_ids)
     inputs = (attention_mask_of(attention_mask, segment_ids), _positions(input_ids, position_ids))
     x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, deterministic, row_ids))
     final_norm = _layer_norm(cfg, self.dtype, "final_norm")

@@ -5,10 +5,7 @@ softmax, GELU and the optimizer are left out. A training step is 3x the forward 
 pass computes gradients of both activations and weights). Rematerialised work and padding beyond the
 given shapes are not model FLOPs.
 
-Per encoder layer and token of a length-S sequence (hidden H, intermediate I):
-  8 H^2 (query, key, value, output projections) + 4 H I (the MLP; 6 H I for a gated MLP such as
-  ModernBERT's GeGLU: `config.mlp_projections`) + 4 S H (scores and mixing; every key counted, also in
-  sliding-window layers, whose masked scores are computed too).
+The encoder's forward FLOPs are `model/flops.py`'s (per layer and token: 8 H^2 + 4 H I + 4 S H).
 SRL adds each (layer, dim) pair's [queries x docs] similarity matrix: 2 B D d.
 SMAE adds, per pair (n, d): the MLM head at the encoder-masked tokens (transform 2 d H, vocabulary
 2 H V), the head transform of the CLS vector (2 d H), one decoder layer over the sequence, and the
@@ -19,20 +16,9 @@ the official code's logits at every position are work the loss does not need.
 from __future__ import annotations
 
 from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.flops import encoder_flops, layer_flops
 
 TRAIN_FACTOR = 3  # forward + backward (activation gradients + weight gradients)
-
-
-def layer_flops(config: EncoderConfig, rows: int, length: int) -> float:
-  """One encoder layer's forward matmul FLOPs over `rows` sequences of `length` tokens."""
-  h, i = config.hidden_size, config.intermediate_size
-  per_token = 8 * h * h + 2 * config.mlp_projections * h * i + 4 * length * h
-  return float(rows) * length * per_token
-
-
-def encoder_flops(config: EncoderConfig, rows: int, length: int, layers: int) -> float:
-  """Forward FLOPs of the embeddings (lookups: none) and the first `layers` layers."""
-  return layers * layer_flops(config, rows, length)
 
 
 def srl_step_flops(config: EncoderConfig, *, pairs, queries: int, group_size: int, query_length: int,

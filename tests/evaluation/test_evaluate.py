@@ -261,7 +261,7 @@ def test_command_writes_results_table_and_heatmaps_from_a_workdir(spread_dir, tm
   main(["--model", str(workdir), "--step", "2", "--sts", str(sts), "--beir", str(beir), "--pairs", "1:8,4:32,2:16",
         "--output", str(output), "--chunk-size", "128", "--batch-size", "16"])
   results = json.loads(output.read_text())
-  assert list(results) == ["sts", "beir"]
+  assert list(results) == ["sts", "beir", "mteb"] and results["mteb"] == {}
   assert list(results["sts"]) == ["sts_small"] and list(results["beir"]) == ["dl19_small"]
   for kind, metrics in (("sts", ["spearman", "pearson"]), ("beir", ["ndcg@10", "mrr@10", "recall@100"])):
     by_pair = next(iter(results[kind].values()))

@@ -54,10 +54,10 @@ def test_padding_buckets_bound_the_number_of_compiled_shapes(minilm_encoder):
   assert bucket_lengths(100) == [12, 16, 24, 32, 48, 64, 96, 100]
   assert bucket_lengths(16) == [12, 16] and bucket_lengths(12) == [12] and bucket_lengths(10) == [10]
   texts = [" ".join(["word"] * n) for n in (1, 3, 5, 20, 40, 41, 60, 90, 2, 7)]
-  encoder_lib._pooled_layers.clear_cache()
+  encoder_lib.pooled_layers.clear_cache()
   minilm_encoder.encode(texts, batch_size=3, pooling="cls", layer=1)
   # 10 texts (3 to 92 tokens) in 4 batches of 3 fall into the buckets 96, 48, 12, 12: three shapes.
-  assert encoder_lib._pooled_layers._cache_size() == 3
+  assert encoder_lib.pooled_layers._cache_size() == 3
 
 
 def test_default_pooling_is_cls_without_sentence_transformers_files(tiny_dir):

@@ -15,8 +15,7 @@ import transformers
 from starbucks_jax.hf.load import load_pretrained
 from starbucks_jax.hf.save import save_pretrained
 from starbucks_jax.model.registry import family_of
-from tests.helpers import (REPO, check_encode_and_evaluate_commands, mlm_logits, randomize, run_train,
-                           spread_weights, tiny_config)
+from tests.helpers import mlm_logits, randomize, train_family_briefly
 
 # Longer than the window (local_attention 8: 4 tokens each side), so the local layers' masks matter.
 TEXTS = ["A man is playing a guitar on the stage while the crowd sings along with him.",
@@ -178,32 +177,8 @@ def test_an_unsupported_modernbert_variant_is_one_clear_error(modernbert_dir, tm
 def test_srl_and_smae_train_and_export(modernbert_dir, task, tmp_path):
   """A few steps of each task from the folder, with its own tokenizer: the loss falls, the export is ModernBERT."""
   source, torch_mlm = modernbert_dir
-  folder = tmp_path / "spread"  # the same model with weights that keep texts apart (`spread_weights`)
-  spread_weights(type(torch_mlm)(torch_mlm.config)).save_pretrained(str(folder))
-  for name in source.iterdir():
-    if "token" in name.name or name.name == "special_tokens_map.json":
-      shutil.copyfile(name, folder / name.name)
-  changes = {"num_steps": 16, "optimizer.lr": 1e-3, "eval.sts": ()}
-  if task == "srl":
-    config = tiny_config(folder, **changes)
-    from starbucks_jax.training.dry_run import dry_run
-    assert dry_run(config)["activations_bytes"] > 0  # --dry_run compiles the family's step
-  else:
-    from starbucks_jax.training.defaults import smae_base_config
-    from tests.helpers import tiny_run
-    config = smae_base_config()
-    config.data.source = str(REPO / "data" / "quickstart" / "pretrain_text.jsonl")
-    config.data.max_length = 32
-    config.smae.pairs = ((1, 8), (2, 16), (4, 32))
-    config = tiny_run(config, folder, changes)
-  run_train(config, tmp_path / "run")
-  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  losses = [r["loss"] for r in rows if "loss" in r]
-  assert len(losses) == 16 and np.mean(losses[-4:]) < np.mean(losses[:4]), losses
-  exported = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
+  exported = train_family_briefly(source, torch_mlm, task, tmp_path)
   assert exported["model_type"] == "modernbert"
-  if task == "srl":  # the encode and evaluate commands on the family's workdir
-    check_encode_and_evaluate_commands(tmp_path / "run", tmp_path)
   if task == "smae":
     assert exported["architectures"] == ["ModernBertForMaskedLM"]
     load_without_warnings(transformers.AutoModelForMaskedLM, tmp_path / "run" / "export")
