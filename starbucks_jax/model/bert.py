@@ -114,6 +114,22 @@ def attention_implementation(dtype) -> str:
   return "xla"
 
 
+def attend(q, k, v, mask, *, dtype, drop=None) -> jnp.ndarray:
+  """Softmax attention of q over k, v ([batch, length, heads, head_dim]) where `mask` allows, in `dtype`.
+
+  Without `drop` (dropout on the probabilities) through the fused API; that API has no dropout, so with it
+  the explicit einsum form. q, k, v share one dtype here: under dense.py's CPU bfloat16 products they
+  come out float32."""
+  if drop is None:
+    implementation = attention_implementation(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  # The most negative float32 on masked keys, as transformers does: they receive no attention.
+  scores = jnp.where(mask, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
+  probs = drop(jax.nn.softmax(scores, axis=-1))
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention where `mask` ([batch, 1, 1 or length, length], bool) allows, with its
   output projection."""
@@ -128,17 +144,10 @@ class SelfAttention(nn.Module):
     q = split(_dense(cfg, cfg.hidden_size, self.dtype, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, self.dtype, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, self.dtype, "value")(x))
-    if deterministic or cfg.attention_probs_dropout_prob <= 0:
-      # q, k, v share one dtype here: under dense.py's CPU bfloat16 products they come out float32.
-      context = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                             implementation=attention_implementation(q.dtype)).astype(self.dtype)
-    else:
-      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-      # The most negative float32 on masked keys, as transformers does: they receive no attention.
-      scores = jnp.where(mask, scores * (cfg.head_dim ** -0.5), jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1)
-      probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic, row_ids=row_ids)
-      context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    rate = cfg.attention_probs_dropout_prob
+    drop = None if deterministic or rate <= 0 else (
+        lambda probs: Dropout(rate)(probs, deterministic=False, row_ids=row_ids))
+    context = attend(q, k, v, mask, dtype=self.dtype, drop=drop)
     return _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
 
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from starbucks_jax.model import dense, modernbert_names, pooling, remat as remat_lib
-from starbucks_jax.model.bert import attention_implementation, attention_mask_of, gelu, layers_and_mask
+from starbucks_jax.model.bert import attend, attention_mask_of, gelu, layers_and_mask
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import ModelFamily, constrain_activations
 from starbucks_jax.model.mlm_head import init_mlm_head_params
@@ -111,14 +111,9 @@ class SelfAttention(nn.Module):
     if self.local:
       mask = sliding_window_mask(mask, cfg.window)
     dropout = Dropout(cfg.attention_probs_dropout_prob)
-    if deterministic or cfg.attention_probs_dropout_prob <= 0:
-      context = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                             implementation=attention_implementation(q.dtype)).astype(self.dtype)
-    else:
-      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-      scores = jnp.where(mask, scores * (cfg.head_dim ** -0.5), jnp.finfo(jnp.float32).min)
-      probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic, row_ids=row_ids)
-      context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    drop = None if deterministic or cfg.attention_probs_dropout_prob <= 0 else (
+        lambda probs: dropout(probs, deterministic=False, row_ids=row_ids))
+    context = attend(q, k, v, mask, dtype=self.dtype, drop=drop)
     out = _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
     return dropout(out, deterministic=deterministic, row_ids=row_ids)  # transformers' out_drop
 
