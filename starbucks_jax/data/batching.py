@@ -54,11 +54,12 @@ class HostBatches:
   Host `process_index` of `process_count` takes rows [process_index * b, (process_index + 1) * b) of every
   global batch, b = global_batch_size / process_count. With `fixed_lengths` (default: with several
   hosts) every batch is padded to the max lengths, so all hosts' arrays have one shape without
-  exchanging anything.
+  exchanging anything. Packed batches come in `pack_groups` groups (the step's micro-batches or GradCache
+  chunks: `packing.py`), so a host's share must split into that many.
   """
 
   def __init__(self, *, global_batch_size: int, seed: int, process_index: int, process_count: int,
-               fixed_lengths: bool | None):
+               fixed_lengths: bool | None, pack_groups: int = 1):
     check_batch_split(global_batch_size, process_index, process_count)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
       raise StarbucksError(f"seed must be a non-negative integer, got {seed!r}")
@@ -68,6 +69,11 @@ class HostBatches:
     self.process_count = int(process_count)
     self.local_batch_size = self.global_batch_size // self.process_count
     self.fixed_lengths = self.process_count > 1 if fixed_lengths is None else bool(fixed_lengths)
+    if pack_groups < 1 or self.local_batch_size % pack_groups:
+      raise StarbucksError(f"packed batches in {pack_groups} micro-batches or chunks: each host's "
+                           f"{self.local_batch_size} examples (global_batch_size / processes) must split into "
+                           f"{pack_groups} equal parts")
+    self.pack_groups = int(pack_groups)
 
   def host_rows(self, global_rows: np.ndarray) -> np.ndarray:
     """This host's slice of a global batch's rows."""

@@ -17,6 +17,13 @@ do not fit takes more rows, in steps of about rows / 16 (`overflow_step`; a new 
 
 Placement is first-fit decreasing: texts by length, longest first (ties by id), each into the first
 row with room. It is a pure function of the lengths, so a batch stays a pure function of (seed, step).
+
+Groups (`groups` = k > 1, for `grad_accum_steps` micro-batches and GradCache chunks): example i of a
+host's batch, and its texts, go to group i mod k (`group_of`), which is packed into rows of its own (texts
+never share a row across groups) and numbers its texts as a batch of its own (`group_text_id`); the
+groups' rows are interleaved: row r of group m is row r k + m. So the strided split the step already makes of a batch ([rows, ...] -> [k, rows / k,
+...], part m taking rows m, m + k, ...: `training/step.py`) hands part m exactly group m's rows, on
+every host (each host's row count is a multiple of k) and with each device's rows staying on it.
 """
 
 from __future__ import annotations
@@ -45,10 +52,13 @@ def check_settings(pack_length, pack_rows) -> None:
       raise StarbucksError(f"data.{name} must be None or a positive integer, got {value!r}")
 
 
-def run_rows(pack_rows: int | None, estimate: Callable[[], int], row_multiple: int, length: int) -> int:
-  """The rows per host and batch of a run: `pack_rows`, or `estimate()`, rounded up to `row_multiple`."""
+def run_rows(pack_rows: int | None, estimate: Callable[[], int], row_multiple: int, length: int,
+             groups: int = 1) -> int:
+  """The rows per host and batch (per group of it) of a run: `pack_rows`, or `estimate()`, rounded up to
+  `row_multiple`."""
   rows = round_up(pack_rows or estimate(), row_multiple)
-  log.info("packing: %d rows of %d tokens per host and batch", rows, length)
+  log.info("packing: %d rows of %d tokens per host and batch%s", rows, length,
+           f", for each of its {groups} micro-batches or chunks" if groups > 1 else "")
   return rows
 
 
@@ -80,41 +90,73 @@ def overflow_step(rows: int, row_multiple: int) -> int:
   return round_up(math.ceil(rows / 16), row_multiple)
 
 
-def rows_needed(lengths: Sequence[int], capacity: int, row_multiple: int = 1) -> int:
-  """The rows first-fit decreasing takes for these lengths, rounded up to a multiple of `row_multiple`."""
-  return round_up(first_fit(lengths, capacity)[2], row_multiple)
+def rows_needed(lengths: Sequence[int], capacity: int, row_multiple: int = 1, groups: int = 1,
+                group_of: Sequence[int] | None = None) -> int:
+  """The rows per group first-fit decreasing takes for these lengths, rounded up to a multiple of
+  `row_multiple` (`groups`, `group_of`: as `pack`'s)."""
+  members = _members(len(lengths), groups, group_of)
+  return round_up(max(first_fit([lengths[i] for i in m], capacity)[2] for m in members), row_multiple)
+
+
+def group_of_example(example: int, groups: int) -> int:
+  """The group of the example at index `example` of a host's batch (module docstring)."""
+  return example % groups
+
+
+def group_text_id(example: int, groups: int) -> int:
+  """The number, within its group, of the example at index `example` of a batch: examples m, m + k, ...
+  of the batch are examples 0, 1, ... of group m (k = groups), as in the step's strided split."""
+  return example // groups
+
+
+def _members(count: int, groups: int, group_of: Sequence[int] | None) -> list[np.ndarray]:
+  """The text indices of each group."""
+  if groups == 1:
+    return [np.arange(count)]
+  group_of = np.asarray(group_of)
+  if group_of.shape != (count,) or group_of.min() < 0 or group_of.max() >= groups:
+    raise ValueError(f"group_of must give each of {count} texts a group in 0..{groups - 1}")
+  return [np.flatnonzero(group_of == m) for m in range(groups)]
 
 
 def pack(columns: Mapping[str, Sequence[Sequence[int]]], pads: Mapping[str, int], text_ids: Sequence[int], *,
-         length: int, rows: int, row_multiple: int = 1) -> dict[str, np.ndarray]:
+         length: int, rows: int, row_multiple: int = 1, groups: int = 1,
+         group_of: Sequence[int] | None = None) -> dict[str, np.ndarray]:
   """Packs texts into int32 [R, length] arrays.
 
   Args:
     columns: name -> one sequence per text (all columns of a text have the same length), e.g.
       {"input_ids": [...]} or SMAE's ids and labels.
     pads: name -> the value of that column on padding.
-    text_ids: each text's (global) id, below PAD_SEGMENT.
+    text_ids: each text's (global) id, below PAD_SEGMENT; with groups, its id within its group.
     length: tokens per row.
-    rows: the least number of rows R; more (in steps of `overflow_step`) when the texts need them.
+    rows: the least number of rows R (per group); more (in steps of `overflow_step`) when the texts need them.
+    groups, group_of: with groups > 1, each text's group (module docstring); groups are packed apart and
+      their rows interleaved.
 
   Returns:
-    the columns, plus segment_ids, position_ids and attention_mask (module docstring).
+    the columns, plus segment_ids, position_ids and attention_mask (module docstring), [R x groups, length].
   """
   names = list(columns)
   lengths = [len(x) for x in columns[names[0]]]
   for name in names[1:]:
     if [len(x) for x in columns[name]] != lengths:
       raise ValueError(f"packed column {name} has other lengths than {names[0]}")
-  row_of, start_of, used = first_fit(lengths, length)
+  members = _members(len(lengths), groups, group_of)
+  placed = [first_fit([lengths[i] for i in m], length) for m in members]
+  used = max(p[2] for p in placed)
   total = rows if used <= rows else rows + round_up(used - rows, overflow_step(rows, row_multiple))
   total = round_up(total, row_multiple)
   if total > rows:
     log.warning("packing: a batch needed %d rows, more than the run's %d: a new shape to compile (set "
                 "data.pack_rows higher to avoid it)", total, rows)
-  out = {name: np.full((total, length), pads[name], np.int32) for name in names}
-  out["segment_ids"] = np.full((total, length), PAD_SEGMENT, np.int32)
-  out["position_ids"] = np.zeros((total, length), np.int32)
-  out["attention_mask"] = np.zeros((total, length), np.int32)
+  out = {name: np.full((total * groups, length), pads[name], np.int32) for name in names}
+  out["segment_ids"] = np.full((total * groups, length), PAD_SEGMENT, np.int32)
+  out["position_ids"] = np.zeros((total * groups, length), np.int32)
+  out["attention_mask"] = np.zeros((total * groups, length), np.int32)
+  row_of, start_of = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64)
+  for m, (texts, (group_rows, group_starts, _)) in enumerate(zip(members, placed)):
+    row_of[texts], start_of[texts] = group_rows * groups + m, group_starts
   for i, (row, start, n) in enumerate(zip(row_of, start_of, lengths)):
     span = slice(start, start + n)
     for name in names:
@@ -130,20 +172,35 @@ def is_packed(batch: Mapping) -> bool:
   return "segment_ids" in batch
 
 
+def is_row_array(batch: Mapping, name: str) -> bool:
+  """Whether batch[name] is one of a packed batch's [rows, length] arrays (the others hold a value per text)."""
+  return is_packed(batch) and batch[name].shape == batch["segment_ids"].shape
+
+
 def packed_rows(batch: Mapping[str, np.ndarray]) -> int:
   return int(batch["segment_ids"].shape[0])
 
 
-def pad_to_rows(batch: Mapping[str, np.ndarray], rows: int, pads: Mapping[str, int]) -> dict[str, np.ndarray]:
-  """The batch with empty rows appended to its [rows, length] arrays up to `rows` (hosts of a multi-host run
-  agree on the largest count). `pads`: the padding value of each row array other than PACKED_KEYS'."""
+def pad_to_rows(batch: Mapping[str, np.ndarray], rows: int, pads: Mapping[str, int],
+                groups: int = 1) -> dict[str, np.ndarray]:
+  """The batch with empty rows added to its [rows, length] arrays up to `rows` (hosts of a multi-host run
+  agree on the largest count); with groups, at the end of each group's rows, keeping them interleaved.
+  `pads`: the padding value of each row array other than PACKED_KEYS'."""
   have = packed_rows(batch)
-  if rows < have:
-    raise ValueError(f"cannot pad {have} packed rows down to {rows}")
+  if rows < have or rows % groups or have % groups:
+    raise ValueError(f"cannot pad {have} packed rows to {rows} in {groups} groups")
   row_pads = {"segment_ids": PAD_SEGMENT, "position_ids": 0, "attention_mask": 0, **pads}
   out = dict(batch)
   for name, value in row_pads.items():
     if name in batch and rows > have:
-      x = batch[name]
-      out[name] = np.concatenate([x, np.full((rows - have,) + x.shape[1:], value, x.dtype)])
+      x = batch[name].reshape((have // groups, groups) + batch[name].shape[1:])
+      x = np.concatenate([x, np.full(((rows - have) // groups,) + x.shape[1:], value, x.dtype)])
+      out[name] = x.reshape((rows,) + x.shape[2:])
   return out
+
+
+def split_rows(x, groups: int):
+  """[rows x groups, ...] -> [groups, rows, ...]: group m's rows (rows m, m + groups, ...), for numpy and
+  jax arrays alike (the strided split of `training/step.py`)."""
+  x = x.reshape((x.shape[0] // groups, groups) + x.shape[1:])
+  return x.swapaxes(0, 1)

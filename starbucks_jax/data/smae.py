@@ -18,7 +18,8 @@ decoder, and the masked positions are replaced as in BERT, separately for each (
 Packed (`packing=True`, `packing.py`): the texts laid end to end in R rows of `pack_length` tokens (text i
 of the global batch has segment id i), the same arrays plus segment_ids and position_ids [R,
 pack_length], and text_lengths int32 [b]. R is fixed for the run (`pack_rows`, or the most the first
-batches need); a batch that needs more takes a few more rows, a new shape.
+batches need); a batch that needs more takes a few more rows, a new shape. With `pack_groups` k > 1
+(micro-batches) text i goes to group i mod k, numbered as in a batch of B / k (`packing.py`).
 
 Padding positions hold the pad id in both id arrays. L is the smallest bucket (default: 16, 32, 64, ...,
 max_length) that holds the longest row, or max_length with `fixed_lengths` (the default when
@@ -79,7 +80,8 @@ class TextDataConfig:
     max_examples: use only the first this many rows (quick runs).
     packing: lay texts end to end in rows of `pack_length` tokens instead of one padded row each.
     pack_length: tokens per packed row; None: max_length.
-    pack_rows: packed rows per host and batch; None: estimated from the first batches.
+    pack_rows: packed rows per host and batch (with grad_accum_steps: per micro-batch);
+      None: estimated from the first batches.
   """
   source: str = ""
   split: str = "train"
@@ -137,7 +139,7 @@ class TextData(HostBatches):
 
   def __init__(self, config: TextDataConfig, tokenizer, *, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, buckets: Sequence[int] | None = None,
-               fixed_lengths: bool | None = None, row_multiple: int = 1):
+               fixed_lengths: bool | None = None, row_multiple: int = 1, pack_groups: int = 1):
     """Opens the text; every user error of a table surfaces here, before training compiles.
 
     Args:
@@ -151,12 +153,14 @@ class TextData(HostBatches):
       fixed_lengths: pad every batch to max_length; default True when process_count > 1, so that all
         hosts' arrays have the same shape.
       row_multiple: packed rows per host are a multiple of this (the host's devices share them).
+      pack_groups: packed batches come in this many interleaved groups, one per micro-batch or GradCache
+        chunk (`packing.py`); the host's examples must split into that many.
 
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size, the tokenizer).
     """
     super().__init__(global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                     process_count=process_count, fixed_lengths=fixed_lengths)
+                     process_count=process_count, fixed_lengths=fixed_lengths, pack_groups=pack_groups)
     for name in ("cls_token", "sep_token", "pad_token", "mask_token"):
       if getattr(tokenizer, f"{name}_id", None) is None:
         raise StarbucksError(f"the tokenizer has no {name.replace('_', ' ')} ({name}_id is None); masked-LM "
@@ -173,7 +177,8 @@ class TextData(HostBatches):
     else:
       self._open_table()
     self.row_multiple = row_multiple
-    self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length)
+    self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length,
+                                       self.pack_groups)
                       if config.packing else None)
 
   def _open_stream(self) -> None:
@@ -234,8 +239,13 @@ class TextData(HostBatches):
     most = 1
     for step in range(steps if self.steps_per_epoch is None else min(steps, self.steps_per_epoch)):
       lengths = [min(len(ids), self.config.max_length - 2) + 2 for ids in self._content_ids(self.texts(step))]
-      most = max(most, packing.rows_needed(lengths, self.config.row_length))
-    return min(most, self.local_batch_size)
+      most = max(most, packing.rows_needed(lengths, self.config.row_length, groups=self.pack_groups,
+                                           group_of=self._text_groups()))
+    return min(most, self.local_batch_size // self.pack_groups)
+
+  def _text_groups(self) -> np.ndarray:
+    """The packing group of each text of a host's batch."""
+    return packing.group_of_example(np.arange(self.local_batch_size), self.pack_groups)
 
   def row_pads(self) -> dict[str, int]:
     """Packed batches: the padding value of each [rows, length] array (for `packing.pad_to_rows`)."""
@@ -263,8 +273,9 @@ class TextData(HostBatches):
   def _pack(self, examples: list[dict], first: int) -> dict[str, np.ndarray]:
     columns = ("input_ids", "labels", "decoder_input_ids", "decoder_labels")
     out = packing.pack({c: [e[c] for e in examples] for c in columns}, self.row_pads(),
-                       [first + i for i in range(len(examples))], length=self.config.row_length,
-                       rows=self.pack_rows, row_multiple=self.row_multiple)
+                       packing.group_text_id(first + np.arange(len(examples)), self.pack_groups),
+                       length=self.config.row_length, rows=self.pack_rows, row_multiple=self.row_multiple,
+                       groups=self.pack_groups, group_of=self._text_groups())
     out["text_lengths"] = np.asarray([len(e["input_ids"]) for e in examples], np.int32)
     return out
 

@@ -30,7 +30,8 @@ passage j is text B + j, B the global batch size):
     labels                                                  float32 [b]    scored pairs only
 
 R is fixed for the run (`pack_rows`, or estimated from the first batches); a batch
-that needs more rows takes them, a new shape.
+that needs more rows takes them, a new shape. With `pack_groups` k > 1 (micro-batches, GradCache chunks)
+query i and its passages go to group i mod k, numbered as in a batch of B / k (`packing.py`).
 
 Shapes: texts are padded to the smallest bucket length that holds the batch's longest text (buckets:
 powers of two from 16, then the max length), so few shapes compile. Hosts see different rows, so their
@@ -85,7 +86,8 @@ class DataConfig:
       (module docstring); one forward pass and one shape for the run.
     pack_length: tokens per packed row; None: the larger max length. Positions restart in every text,
       so it may exceed the model's max_position_embeddings.
-    pack_rows: packed rows per host and batch; None: estimated from the first batches.
+    pack_rows: packed rows per host and batch (with grad_accum_steps or GradCache: per micro-batch or chunk);
+      None: estimated from the first batches.
   """
   source: str = ""
   split: str = "train"
@@ -150,7 +152,7 @@ class TrainData(HostBatches):
 
   def __init__(self, config: DataConfig, tokenizer, *, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, buckets: Sequence[int] | None = None,
-               fixed_lengths: bool | None = None, row_multiple: int = 1):
+               fixed_lengths: bool | None = None, row_multiple: int = 1, pack_groups: int = 1):
     """Opens and validates the data; every user error surfaces here, before training compiles.
 
     Args:
@@ -164,12 +166,14 @@ class TrainData(HostBatches):
       fixed_lengths: pad every batch to the max lengths; default True when process_count > 1, so that
         all hosts' arrays have the same shape.
       row_multiple: packed rows per host are a multiple of this (the host's devices share them).
+      pack_groups: packed batches come in this many interleaved groups, one per micro-batch or GradCache
+        chunk (`packing.py`); the host's examples must split into that many.
 
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size).
     """
     super().__init__(global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                     process_count=process_count, fixed_lengths=fixed_lengths)
+                     process_count=process_count, fixed_lengths=fixed_lengths, pack_groups=pack_groups)
     if getattr(tokenizer, "pad_token_id", None) is None:
       raise StarbucksError("the tokenizer has no pad token")
     self.config = config
@@ -192,7 +196,8 @@ class TrainData(HostBatches):
     if self.schema.passages:
       self._report_fill(passage_counts.get(self.schema.negative))
     self.row_multiple = row_multiple
-    self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length)
+    self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length,
+                                       self.pack_groups)
                       if config.packing else None)
     log.info("%s: %d %s examples, %d passage(s) per query, %d steps per epoch of %d", self.table.name,
              self.num_examples, self.kind, self.group_size, self.steps_per_epoch, self.global_batch_size)
@@ -242,8 +247,14 @@ class TrainData(HostBatches):
       queries, passages, _ = self.texts(step)
       lengths = [len(x) for x in self._token_ids(queries, self.config.query_max_length)]
       lengths += [len(x) for x in self._token_ids(passages, self.config.passage_max_length)]
-      most = max(most, packing.rows_needed(lengths, self.config.row_length))
-    return min(most, self.local_batch_size * (1 + self.group_size))
+      most = max(most, packing.rows_needed(lengths, self.config.row_length, groups=self.pack_groups,
+                                           group_of=self._text_groups()))
+    return min(most, self.local_batch_size * (1 + self.group_size) // self.pack_groups)
+
+  def _text_groups(self) -> np.ndarray:
+    """The packing group of each text of a host's batch (queries, then passages): its example's."""
+    queries = np.arange(self.local_batch_size)
+    return packing.group_of_example(np.concatenate([queries, np.repeat(queries, self.group_size)]), self.pack_groups)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This host's rows of global batch `step`, tokenized and padded or packed (see the module docstring)."""
@@ -267,10 +278,13 @@ class TrainData(HostBatches):
   def _pack(self, queries: list[str], passages: list[str]) -> dict[str, np.ndarray]:
     query_ids = self._token_ids(queries, self.config.query_max_length)
     passage_ids = self._token_ids(passages, self.config.passage_max_length)
-    b, big_b, h = len(query_ids), self.global_batch_size, self.process_index
-    text_ids = [h * b + i for i in range(b)] + [big_b + h * len(passage_ids) + j for j in range(len(passage_ids))]
-    out = packing.pack({"input_ids": query_ids + passage_ids}, {"input_ids": self.tokenizer.pad_token_id}, text_ids,
-                       length=self.config.row_length, rows=self.pack_rows, row_multiple=self.row_multiple)
+    # Ids as in the module docstring, within each packing group (one group: the whole batch).
+    k, g = self.pack_groups, self.group_size
+    queries = packing.group_text_id(self.process_index * self.local_batch_size + np.arange(len(query_ids)), k)
+    text_ids = np.concatenate([queries, self.global_batch_size // k + (queries[:, None] * g + np.arange(g)).ravel()])
+    out = packing.pack({"input_ids": query_ids + passage_ids}, {"input_ids": self.tokenizer.pad_token_id},
+                       text_ids, length=self.config.row_length, rows=self.pack_rows, row_multiple=self.row_multiple,
+                       groups=k, group_of=self._text_groups())
     out["query_lengths"] = np.asarray([len(x) for x in query_ids], np.int32)
     out["passage_lengths"] = np.asarray([len(x) for x in passage_ids], np.int32)
     return out

@@ -21,6 +21,10 @@ and gradients then equal the plain step's up to float32 summation order.
 Chunk k of a side holds rows k, k + count, k + 2 count, ... (count = rows / chunk rows): a strided split
 keeps each device's share of every chunk on that device, as `step._micro_batches` does.
 
+Packed batches (`data.packing`) come packed in one group per chunk (`data/packing.py`): chunk k is queries
+k, k + count, ... and their passages, in rows of their own, so a chunk is one encoder pass over its rows
+(`_packed_value_and_grad`); its pooled vectors are put back in the batch's order for the loss.
+
 A task's step settings opt in with `grad_cache` (a `GradCacheConfig`, or None) and provide
 `passes(batch, rng)` -> ([[Side, ...] per encoder pass], the loss's rng), `encode(params, input_ids, attention_mask,
 dropout_rng, row_ids)` -> {layer: [rows, hidden]}, and `pooled_loss([pooled of each side], batch, rng)`
@@ -36,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from starbucks_jax.data import packing
 from starbucks_jax.errors import StarbucksError
 
 
@@ -178,6 +183,8 @@ def _backprop(settings, params, sides: list[Side], cotangents: list[dict[int, ja
 def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   """((loss, metrics), gradients w.r.t. params) of the whole batch, as `jax.value_and_grad(settings.loss,
   has_aux=True)` gives them, with one chunk's activations at a time."""
+  if packing.is_packed(batch):
+    return _packed_value_and_grad(settings, params, batch, rng)
   task_passes, loss_rng = settings.passes(batch, rng)
   passes = _chunked_passes(task_passes)
   pooled = [vectors for sides_of_pass in passes for vectors in _pooled(settings, params, sides_of_pass)]
@@ -187,4 +194,46 @@ def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   for sides_of_pass in passes:
     grads = _backprop(settings, params, sides_of_pass, cotangents[start:start + len(sides_of_pass)], grads)
     start += len(sides_of_pass)
+  return (loss, metrics), grads
+
+
+def _packed_value_and_grad(settings, params, batch: dict, rng: jax.Array):
+  """`value_and_grad` of packed rows: chunk k is packing group k (`data/packing.py`), queries k, k + count,
+  ... and their passages, in rows of their own. Its pooled vectors come out numbered within the group
+  (queries, then each query's passages) and are put back in the batch's order for the loss."""
+  dropout_rng, loss_rng = jax.random.split(rng)  # as the plain packed step (`tasks/srl.compute_loss`)
+  queries, passages = batch["query_lengths"].shape[0], batch["passage_lengths"].shape[0]
+  count, group = queries // settings.grad_cache.query_chunk, passages // queries
+  per_chunk = queries // count  # queries of a chunk
+  rows = batch["input_ids"].shape[0]
+  chunks = {k: split(batch[k], count) for k in ("input_ids", "attention_mask", "segment_ids", "position_ids")}
+  chunks["row_ids"] = split(jnp.arange(rows, dtype=jnp.int32), count)  # the same dropout in both passes
+
+  def encode(p, chunk):
+    return settings.encode(p, chunk["input_ids"], chunk["attention_mask"], dropout_rng, chunk["row_ids"],
+                           segment_ids=chunk["segment_ids"], position_ids=chunk["position_ids"],
+                           num_texts=(queries + passages) // count)
+
+  def to_batch_order(v):  # [count, chunk texts, hidden] -> ([queries, hidden], [passages, hidden])
+    chunk_passages = v[:, per_chunk:].reshape(count, per_chunk, group, v.shape[-1])
+    return merge(v[:, :per_chunk]), jnp.swapaxes(chunk_passages, 0, 1).reshape(passages, v.shape[-1])
+
+  def to_chunk_order(query, passage):  # the inverse of to_batch_order
+    chunk_passages = jnp.swapaxes(passage.reshape(per_chunk, count, group, passage.shape[-1]), 0, 1)
+    return jnp.concatenate([split(query, count), chunk_passages.reshape(count, per_chunk * group, -1)], axis=1)
+
+  pooled = jax.lax.map(lambda chunk: encode(params, chunk), chunks)
+  by_side = {layer: to_batch_order(v) for layer, v in pooled.items()}
+  pooled = [{layer: v[0] for layer, v in by_side.items()}, {layer: v[1] for layer, v in by_side.items()}]
+  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, batch, loss_rng)
+  (loss, metrics), (query_cot, passage_cot) = jax.value_and_grad(loss_of_pooled, has_aux=True)(pooled)
+  cotangents = {layer: to_chunk_order(query_cot[layer], passage_cot[layer]) for layer in query_cot}
+
+  def add_chunk(total, chunk_and_cotangent):
+    chunk, cotangent = chunk_and_cotangent
+    _, vjp = jax.vjp(lambda p: encode(p, chunk), params)
+    (chunk_grads,) = vjp(cotangent)
+    return jax.tree.map(jnp.add, total, chunk_grads), None
+
+  grads, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), (chunks, cotangents))
   return (loss, metrics), grads

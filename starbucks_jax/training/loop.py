@@ -184,7 +184,7 @@ def _agree_packed_rows(local_batch: dict, data) -> dict:
   the global arrays have one shape (hosts number their rows on their own: `data/packing.py`)."""
   from jax.experimental import multihost_utils
   rows = int(np.max(multihost_utils.process_allgather(np.int32(packing.packed_rows(local_batch)))))
-  return packing.pad_to_rows(local_batch, rows, data.row_pads())
+  return packing.pad_to_rows(local_batch, rows, data.row_pads(), groups=data.pack_groups)
 
 
 def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_checkpoints, is_main: bool):

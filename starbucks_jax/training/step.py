@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from starbucks_jax.data import packing
 from starbucks_jax.model.remat import remat_policy
 from starbucks_jax.training import grad_cache
 
@@ -58,7 +59,9 @@ def _micro_batches(batch: dict, count: int, queries: int) -> dict:
 
   Micro-batch k takes rows k, k + count, k + 2 count, ...: a strided split keeps every device's share
   of each micro-batch on that device, where a contiguous split would move data between devices.
-  `queries` is the number of examples; an array of G x queries rows holds G rows per example.
+  `queries` is the number of examples; an array of G x queries rows holds G rows per example. Packed
+  batches come with their rows in `count` interleaved groups (`data/packing.py`): micro-batch k takes
+  group k's rows, and the per-text arrays (lengths, scores) split as above.
   """
 
   def split(x):
@@ -67,34 +70,37 @@ def _micro_batches(batch: dict, count: int, queries: int) -> dict:
     x = jnp.swapaxes(x, 0, 1)
     return x.reshape((count, (queries // count) * group) + x.shape[3:])
 
-  return {k: split(v) for k, v in batch.items()}
+  return {k: packing.split_rows(v, count) if packing.is_row_array(batch, k) else split(v) for k, v in batch.items()}
+
+
+def value_and_grad(settings, params, batch: dict, rng: jax.Array):
+  """((loss, metrics), gradients) of one batch: in one pass, a chunk at a time (GradCache), or as the mean
+  over `grad_accum_steps` micro-batches."""
+  grad_fn = jax.value_and_grad(settings.loss, has_aux=True)
+  if settings.grad_cache is not None:
+    return grad_cache.value_and_grad(settings, params, batch, rng)
+  if settings.grad_accum_steps == 1:
+    return grad_fn(params, batch, rng)
+  count = settings.grad_accum_steps
+  micro_batches = _micro_batches(batch, count, settings.rows(batch))
+
+  def accumulate(carry, micro):
+    index, micro_batch = micro
+    (loss, metrics), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
+    return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro_batches), rng)))
+  (loss, metrics), grads = zeros
+  (loss, metrics, grads), _ = jax.lax.scan(accumulate, (loss, metrics, grads), (jnp.arange(count), micro_batches))
+  loss, metrics, grads = jax.tree.map(lambda x: x / count, (loss, metrics, grads))
+  return (loss, metrics), grads
 
 
 def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation, settings):
   """One optimizer step; returns (new state, metrics). `settings`: the task's step settings (see above)."""
   rng = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(settings.loss, has_aux=True)
-
-  if settings.grad_cache is not None:
-    (loss, metrics), grads = grad_cache.value_and_grad(settings, state.params, batch, rng)
-  elif settings.grad_accum_steps == 1:
-    (loss, metrics), grads = grad_fn(state.params, batch, rng)
-  else:
-    count = settings.grad_accum_steps
-    micro_batches = _micro_batches(batch, count, settings.rows(batch))
-
-    def accumulate(carry, micro):
-      index, micro_batch = micro
-      (loss, metrics), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
-      return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro_batches), rng)))
-    (loss, metrics), grads = zeros
-    (loss, metrics, grads), _ = jax.lax.scan(accumulate, (loss, metrics, grads),
-                                             (jnp.arange(count), micro_batches))
-    loss, metrics, grads = jax.tree.map(lambda x: x / count, (loss, metrics, grads))
-
+  (loss, metrics), grads = value_and_grad(settings, state.params, batch, rng)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 

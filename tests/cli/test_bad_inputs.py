@@ -105,8 +105,8 @@ def export_main(*args):
     ("--wrkdir=x", r"^unknown flag --wrkdir \(python -m starbucks_jax.train --help lists them\)$"),
     ("--config.wandb.mode=sometimes", "wandb.mode must be one of online, offline, disabled, got 'sometimes'"),
     ("--config.wandb.project=p", r"config.wandb.mode is online and no W&B API key is set \(run `wandb login`"),
-    ("--config.data.packing=True --config.grad_accum_steps=2", "data.packing does not combine with grad_cache "
-                                                               "or grad_accum_steps > 1 yet"),
+    ("--config.data.packing=True --config.grad_cache.query_chunk=8 --config.grad_cache.passage_chunk=16",
+     "with data.packing, a GradCache chunk is its queries and their passages: leave grad_cache.passage_chunk at 0"),
     ("--config.data.packing=True --config.data.pack_length=16", "data.pack_length 16 is shorter than the longest "
                                                                 r"text allowed \(32 tokens"),
 ])

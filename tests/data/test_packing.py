@@ -57,6 +57,28 @@ def test_first_fit_decreasing_fills_rows_and_keeps_every_text_whole():
     packing.first_fit([33], 32)
 
 
+def test_packed_groups_hold_the_unpacked_micro_batches_on_every_host(tokenizer):
+  """pack_groups 2 over two hosts: the global rows' strided split (the step's, `training/step.py`) hands
+  micro-batch m exactly the unpacked micro-batch m's texts (queries m, m + 2, ... of the global batch,
+  then their passages), numbered as a batch of its own."""
+  config = dict(source=str(SNLI), query_max_length=32, passage_max_length=32)
+  ref = TrainData(DataConfig(**config, same_length=False), tokenizer, global_batch_size=16, seed=3).batch(4)
+  hosts = [TrainData(DataConfig(**config, packing=True, pack_length=64), tokenizer, global_batch_size=16, seed=3,
+                     process_index=i, process_count=2, row_multiple=2, pack_groups=2) for i in (0, 1)]
+  batches = [host.batch(4) for host in hosts]
+  rows = max(packing.packed_rows(b) for b in batches)
+  batches = [packing.pad_to_rows(b, rows, hosts[0].row_pads(), groups=2) for b in batches]
+  merged = {k: np.concatenate([b[k] for b in batches]) for k in ("input_ids", "segment_ids", "position_ids")}
+  queries = unpadded(ref["query_input_ids"], ref["query_attention_mask"])
+  passages = unpadded(ref["passage_input_ids"], ref["passage_attention_mask"])
+  for m in (0, 1):
+    group = {k: packing.split_rows(v, 2)[m] for k, v in merged.items()}
+    expected = queries[m::2] + [p for j in range(m, 16, 2) for p in passages[2 * j:2 * j + 2]]
+    assert texts_of(group) == dict(enumerate(expected))
+  with pytest.raises(StarbucksError, match="split into 3 equal parts"):
+    TrainData(DataConfig(**config, packing=True), tokenizer, global_batch_size=16, seed=3, pack_groups=3)
+
+
 def test_packed_srl_batches_hold_the_unpacked_texts_under_global_ids(tokenizer):
   """Two hosts' packed batches together hold exactly the single-host unpacked batch's texts: queries
   numbered 0..B-1, passages B.. in query-major order, whichever host packed them."""

@@ -176,11 +176,13 @@ def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, 
 
 
 def test_two_processes_packing_their_own_rows_match_one_unpacked_process(tiny_dir, tmp_path):
-  """Each process packs its own texts (`data.packing`) into as few rows as they need (pack_rows 2 is
-  always too few), the processes agree each step on the most rows any of them needs, and with dropout
-  off the run logs what one unpacked process of four devices logs. (Not preempted: the test above
-  preempts a two-process run, and test_preemption.py a packed one.)"""
-  no_dropout = ["--config.model.hidden_dropout=0.0", "--config.model.attention_dropout=0.0"]
+  """Each process packs its own texts (`data.packing`), in two micro-batches (`grad_accum_steps`), into
+  as few rows as they need (pack_rows 2 is always too few), the processes agree each step on the most rows
+  any of them needs, and with dropout off the run logs what one unpacked process of four devices logs in
+  the same two micro-batches. (Not preempted: the test above preempts a two-process run, and
+  test_preemption.py a packed one.)"""
+  no_dropout = ["--config.model.hidden_dropout=0.0", "--config.model.attention_dropout=0.0",
+                "--config.grad_accum_steps=2"]
   two = tmp_path / "two"
   logs = launch_two_processes("local", run_args("srl", tiny_dir, two, "--config.data.packing=True",
                                                 "--config.data.pack_rows=2", *no_dropout), two, tmp_path / "logs",
@@ -188,7 +190,8 @@ def test_two_processes_packing_their_own_rows_match_one_unpacked_process(tiny_di
   run(run_args("srl", tiny_dir, tmp_path / "one", "--cpu_devices", "4", *no_dropout))
   assert_same_metrics(metrics(two), metrics(tmp_path / "one"))
   for i in (0, 1):
-    assert "packing: 2 rows of 32 tokens per host and batch" in (logs / f"process_{i}.log").read_text()
+    assert ("packing: 2 rows of 32 tokens per host and batch, for each of its 2 micro-batches or chunks"
+            in (logs / f"process_{i}.log").read_text())
 
 
 def test_fsdp_two_by_four_matches_data_parallel_on_eight_devices(tiny_dir, tmp_path):

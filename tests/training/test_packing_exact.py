@@ -1,6 +1,6 @@
 """Packed steps compute what unpacked steps compute: on the same examples (real SNLI text), with dropout
 off, the loss and every gradient of (three layers of) all-MiniLM-L6-v2 agree to 1e-5 (float32) and each text's pooled vectors agree, for SRL
-and SMAE. Gradients are compared against the largest gradient entry of the model: some are zero in exact
+and SMAE, in one pass, in micro-batches (grad_accum_steps) and with GradCache. Gradients are compared against the largest gradient entry of the model: some are zero in exact
 arithmetic (attention key biases shift every score of a query alike) and only rounding noise remains.
 """
 
@@ -17,6 +17,9 @@ from starbucks_jax.hf.load import load_pretrained
 from starbucks_jax.losses.smae import SmaeSpec, init_decoder_params, smae_loss
 from starbucks_jax.model.mlm_head import init_mlm_head_params
 from starbucks_jax.model.registry import family_of
+from starbucks_jax.training import step as step_lib
+from starbucks_jax.training.grad_cache import GradCacheConfig
+from starbucks_jax.training.tasks.smae import SmaeStepSettings
 from starbucks_jax.training.tasks.srl import SrlStepSettings, StarbucksConfig, compute_loss, make_loss_spec
 from tests.helpers import REPO
 
@@ -73,6 +76,47 @@ def test_packed_srl_step_equals_the_unpacked_step(model, tokenizer):
     for kind in ("cls", "mean"):
       expected = jnp.concatenate([queries.pooled(layer, kind), passages.pooled(layer, kind)])
       np.testing.assert_allclose(out.pooled(layer, kind), expected, rtol=1e-5, atol=1e-5)
+
+
+def step_grads(settings, params, batch):
+  """The training step's loss, metrics and gradients (`step.value_and_grad`: micro-batches, GradCache)."""
+  fn = jax.jit(lambda p, b: step_lib.value_and_grad(settings, p, b, jax.random.key(0)))
+  (loss, metrics), grads = fn(params, batch)
+  return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+@pytest.mark.parametrize("how", ["micro-batches", "grad-cache"])
+def test_packed_srl_step_in_parts_equals_the_unpacked_step(model, tokenizer, how):
+  """Packed rows in one group per part: 2 micro-batches (each its own in-batch negatives) against the
+  unpacked micro-batches; 4 GradCache chunks against the unpacked one-pass step (the same objective)."""
+  params, config = model
+  data = dict(source=str(SNLI), query_max_length=32, passage_max_length=48)
+  spec = dataclasses.replace(make_loss_spec(StarbucksConfig(pairs=((1, 32), (3, 384))), config), group_size=2)
+  plain = SrlStepSettings(model_config=config, spec=spec, pooling="mean")
+  if how == "micro-batches":
+    unpacked_settings = packed_settings = dataclasses.replace(plain, grad_accum_steps=2)
+    groups = 2
+  else:
+    unpacked_settings, groups = plain, 4
+    packed_settings = dataclasses.replace(plain, grad_cache=GradCacheConfig(query_chunk=2))
+  unpacked = TrainData(DataConfig(**data, same_length=False), tokenizer, global_batch_size=8, seed=0).batch(1)
+  packed = TrainData(DataConfig(**data, packing=True), tokenizer, global_batch_size=8, seed=0,
+                     pack_groups=groups).batch(1)
+  assert_same_step(step_grads(unpacked_settings, params, unpacked), step_grads(packed_settings, params, packed))
+
+
+def test_packed_smae_micro_batches_equal_the_unpacked_ones(model, tokenizer):
+  params, config = model
+  params = dict(params, mlm_head=init_mlm_head_params(config, jax.random.key(1)))
+  params["mae_decoder"] = init_decoder_params(params["encoder"], config)
+  spec = SmaeSpec(pairs=((1, 32), (3, 384)), num_model_layers=3, hidden_size=384,
+                  encoder_mask_rate=0.2, decoder_mask_rate=0.4)
+  settings = SmaeStepSettings(model_config=config, spec=spec, grad_accum_steps=2)
+  data = dict(source=str(SNLI), text_column="anchor", max_length=48)
+  unpacked = TextData(TextDataConfig(**data), tokenizer, global_batch_size=8, seed=0).batch(1)
+  packed = TextData(TextDataConfig(**data, packing=True), tokenizer, global_batch_size=8, seed=0,
+                    pack_groups=2).batch(1)
+  assert_same_step(step_grads(settings, params, unpacked), step_grads(settings, params, packed))
 
 
 def test_packed_smae_step_equals_the_unpacked_step(model, tokenizer):

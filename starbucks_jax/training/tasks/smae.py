@@ -82,12 +82,9 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
     raise StarbucksError(f"data.max_length {data_config.max_length} exceeds the model's "
                          f"{model_config.max_text_length} positions (max_position_embeddings "
                          f"{model_config.max_position_embeddings})")
-  if data_config.packing and config.grad_accum_steps > 1:
-    raise StarbucksError("data.packing does not combine with grad_accum_steps > 1 yet: micro-batches split a "
-                         "batch by rows, and a packed row holds several texts")
   data = TextData(data_config, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count(),
-                  row_multiple=jax.local_device_count())
+                  row_multiple=jax.local_device_count(), pack_groups=config.grad_accum_steps)
   settings = SmaeStepSettings(model_config=model_config, spec=spec, dtype=config.model.dtype,
                               remat=config.model.remat, grad_accum_steps=config.grad_accum_steps)
   trainable = ("encoder", "mlm_head", "mae_decoder") if spec.uses_decoder else ("encoder", "mlm_head")

@@ -171,19 +171,23 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                            f"{model_config.max_position_embeddings})")
   if spec.mode == "separate":  # the model is cut to the pair's layer count and trained as that
     model_config = model_config.replace(num_hidden_layers=spec.pairs[0][0])
-  if config.data.packing and (config.grad_cache.enabled or config.grad_accum_steps > 1):
-    raise StarbucksError("data.packing does not combine with grad_cache or grad_accum_steps > 1 yet: their "
-                         "chunks split a batch by rows, and a packed row holds texts of several examples")
+  grad_cache = config.grad_cache if config.grad_cache.enabled else None
+  if config.data.packing and grad_cache and grad_cache.passage_chunk:
+    raise StarbucksError("with data.packing, a GradCache chunk is its queries and their passages: leave "
+                         "grad_cache.passage_chunk at 0")
+  if config.data.packing and grad_cache:  # the chunks must divide the batch before it is split into them
+    grad_cache.check(config.batch_size, 1, devices=1)
+  # Packed rows come in one group per micro-batch or GradCache chunk (`data/packing.py`).
+  pack_groups = config.batch_size // grad_cache.query_chunk if grad_cache else config.grad_accum_steps
   tokenizer = load_tokenizer(source.model_dir)
   data = TrainData(config.data, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
                    process_index=jax.process_index(), process_count=jax.process_count(),
-                   row_multiple=jax.local_device_count())
+                   row_multiple=jax.local_device_count(), pack_groups=pack_groups if config.data.packing else 1)
   objective = get_objective(spec.objective)
   if objective.scored != (data.schema.score is not None):
     raise StarbucksError(f"objective {spec.objective!r} does not fit {data.kind} data ({spec.objective} needs "
                          f"{'scored pairs' if objective.scored else 'pairs, triplets or retrieval groups'})")
   spec = dataclasses.replace(spec, group_size=data.group_size)  # validates again
-  grad_cache = config.grad_cache if config.grad_cache.enabled else None
   if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
     grad_cache.check(config.batch_size, data.group_size, devices=1)
   settings = SrlStepSettings(model_config=model_config, spec=spec, pooling=config.model.pooling,
