@@ -28,6 +28,8 @@ def parse_args(argv):
   p.add_argument("--normalize", action="store_true", help="L2-normalise after the cut to DIM")
   p.add_argument("--max-length", type=int, help="tokens per text (default: the model's max_seq_length)")
   p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--packing", action="store_true", help="lay the texts end to end in rows rather than padding "
+                 "each to its batch's length: the same vectors, fewer pad tokens computed")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
   p.add_argument("--input", required=True, help="text file, one text per line")
   p.add_argument("--output", required=True, help="the file to write the array to, in .npy format")
@@ -81,10 +83,11 @@ def main(argv=None) -> None:
   enc = Encoder.from_pretrained(source.name, step=source.step, max_length=args.max_length,
                                 dtype=jnp.dtype(args.dtype))
   vectors = enc.encode(texts, layer=layer, dim=dim, pooling=args.pooling, normalize=args.normalize,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, packing=args.packing)
   outputs.write_file(output, lambda f: np.save(f, vectors))  # to exactly that path: no ".npy" is added
   print(f"wrote {output}: {vectors.shape[0]} texts x {vectors.shape[1]} dims "
-        f"(layer {layer}, {args.pooling or enc.default_pooling} pooling{', normalised' if args.normalize else ''})")
+        f"(layer {layer}, {args.pooling or enc.default_pooling} pooling{', normalised' if args.normalize else ''}"
+        f"{', packed rows' if args.packing else ''})")
 
 
 def run() -> None:

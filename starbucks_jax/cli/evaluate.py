@@ -55,6 +55,8 @@ def parse_args(argv):
   p.add_argument("--query-max-length", type=int)
   p.add_argument("--passage-max-length", type=int)
   p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--packing", action="store_true", help="encode texts end to end in rows rather than padding "
+                 "each to its batch's length: the same vectors, fewer pad tokens computed")
   p.add_argument("--chunk-size", type=int, default=8192, help="corpus passages scored on the device at once")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
   p.add_argument("--precision", nargs="+", default=["float32"], metavar="P",
@@ -110,6 +112,7 @@ def main(argv=None) -> None:
                         query_max_length=args.query_max_length or args.max_length or 32,
                         passage_max_length=args.passage_max_length or args.max_length or 256,
                         similarity=args.similarity, chunk_size=args.chunk_size, split=args.split, show_progress=True,
+                        packing=args.packing,
                         precisions=precisions, model_name=_model_name(source), model_revision=_revision(source),
                         mteb_folder=str(output.with_name(f"{output.stem}_mteb")) if args.mteb else None)
   _evaluate(source, paths, pairs, options, args.dtype, output, config.num_hidden_layers, cost_options)

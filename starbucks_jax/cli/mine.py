@@ -52,6 +52,8 @@ def parse_args(argv):
   p.add_argument("--query-prefix", default="", help="put before every query (e.g. 'query: ')")
   p.add_argument("--passage-prefix", default="", help="put before every passage")
   p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--packing", action="store_true", help="encode texts end to end in rows: the same vectors, "
+                 "fewer pad tokens, one compiled shape per call")
   p.add_argument("--chunk-size", type=int, default=8192, help="corpus rows scored on the device at once")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
   p.add_argument("--faiss", metavar="FACTORY", help="search a FAISS index instead (factory string: Flat, "
@@ -114,7 +116,8 @@ def main(argv=None) -> None:
   settings = mine.MineSettings(layer=layer, dim=dim, pooling=args.pooling, similarity=args.similarity,
                                query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
                                query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
-                               batch_size=args.batch_size, chunk_size=args.chunk_size, faiss=args.faiss,
+                               batch_size=args.batch_size, packing=args.packing, chunk_size=args.chunk_size,
+                               faiss=args.faiss,
                                nprobe=args.nprobe, show_progress=True)
   import jax.numpy as jnp
   from starbucks_jax.inference.encoder import Encoder

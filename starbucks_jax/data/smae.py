@@ -153,8 +153,7 @@ class TextData(HostBatches):
       fixed_lengths: pad every batch to max_length; default True when process_count > 1, so that all
         hosts' arrays have the same shape.
       row_multiple: packed rows per host are a multiple of this (the host's devices share them).
-      pack_groups: packed batches come in this many interleaved groups, one per micro-batch or GradCache
-        chunk (`packing.py`); the host's examples must split into that many.
+      pack_groups: packed batches come in this many groups, one per micro-batch (`packing.py`).
 
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size, the tokenizer).

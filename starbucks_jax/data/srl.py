@@ -86,8 +86,7 @@ class DataConfig:
       (module docstring); one forward pass and one shape for the run.
     pack_length: tokens per packed row; None: the larger max length. Positions restart in every text,
       so it may exceed the model's max_position_embeddings.
-    pack_rows: packed rows per host and batch (with grad_accum_steps or GradCache: per micro-batch or chunk);
-      None: estimated from the first batches.
+    pack_rows: packed rows per host and batch (or micro-batch, chunk); None: estimated from the first batches.
   """
   source: str = ""
   split: str = "train"
@@ -166,8 +165,7 @@ class TrainData(HostBatches):
       fixed_lengths: pad every batch to the max lengths; default True when process_count > 1, so that
         all hosts' arrays have the same shape.
       row_multiple: packed rows per host are a multiple of this (the host's devices share them).
-      pack_groups: packed batches come in this many interleaved groups, one per micro-batch or GradCache
-        chunk (`packing.py`); the host's examples must split into that many.
+      pack_groups: packed batches come in this many groups, one per micro-batch or chunk (`packing.py`).
 
     Raises:
       StarbucksError: naming the problem (a file, a column, a row, a batch size).
@@ -197,8 +195,7 @@ class TrainData(HostBatches):
       self._report_fill(passage_counts.get(self.schema.negative))
     self.row_multiple = row_multiple
     self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length,
-                                       self.pack_groups)
-                      if config.packing else None)
+                                       self.pack_groups) if config.packing else None)
     log.info("%s: %d %s examples, %d passage(s) per query, %d steps per epoch of %d", self.table.name,
              self.num_examples, self.kind, self.group_size, self.steps_per_epoch, self.global_batch_size)
 
@@ -247,8 +244,7 @@ class TrainData(HostBatches):
       queries, passages, _ = self.texts(step)
       lengths = [len(x) for x in self._token_ids(queries, self.config.query_max_length)]
       lengths += [len(x) for x in self._token_ids(passages, self.config.passage_max_length)]
-      most = max(most, packing.rows_needed(lengths, self.config.row_length, groups=self.pack_groups,
-                                           group_of=self._text_groups()))
+      most = max(most, packing.rows_needed(lengths, self.config.row_length, 1, self.pack_groups, self._text_groups()))
     return min(most, self.local_batch_size * (1 + self.group_size) // self.pack_groups)
 
   def _text_groups(self) -> np.ndarray:

@@ -24,6 +24,8 @@ class EvalOptions:
     chunk_size: corpus passages scored on the device at once.
     split: the qrels file a BEIR folder is read with.
     show_progress: progress bars (None: for long inputs).
+    packing: encode texts end to end in rows rather than one padded row each (`Encoder.encode_layers`'
+      `packing`): the same vectors, fewer pad tokens computed.
     precisions: the vector precisions scored at every size ("float32", "int8", "binary": `quantize.py`);
       a quantized precision's metrics are named "<metric>/<precision>" ("spearman/int8").
     mteb_folder: where MTEB writes its result files (`mteb_tasks.py`); None: nowhere kept.
@@ -38,6 +40,7 @@ class EvalOptions:
   chunk_size: int = 8192
   split: str = "test"
   show_progress: bool | None = None
+  packing: bool = False
   precisions: tuple = ("float32",)
   mteb_folder: str | None = None
   model_name: str = "model"

@@ -120,7 +120,8 @@ class LayerCache:
           kind, self.options.max_length)
       encoded = self.encoder.encode_layers(missing, layers=self.layers, pooling=self.options.pooling,
                                            batch_size=self.options.batch_size, max_length=max_length,
-                                           show_progress=self.options.show_progress)
+                                           show_progress=self.options.show_progress,
+                                           packing=self.options.packing)
       stacked = np.stack([encoded[n] for n in self.layers], axis=1)
       store.update(zip(missing, stacked))
       self.encoded += len(missing)

@@ -3,15 +3,24 @@
     enc = Encoder.from_pretrained("path/to/hf_folder")                # or a training workdir [, step=N]
     vectors = enc.encode(texts, layer=4, dim=128)                     # [len(texts), 128] float32
     per_layer = enc.encode_layers(texts, layers=(2, 4, 6))           # one pass, every layer asked for
+    same = enc.encode(texts, layer=4, dim=128, packing=True)          # texts end to end in rows
 
 Texts are sorted by length and padded to a few bucket lengths (`bucket_lengths`), with a fixed batch
 size, so at most one compiled shape exists per bucket.
+
+With `packing=True` they are laid end to end in rows instead (`data/packing.pack`: attention within a
+text, positions restarting in each, pooling per text), so few pad tokens are computed, and a call compiles
+one shape (`packed_passes`): rows of its longest text's bucket length, at most batch_size x max_length
+tokens per forward pass (the bucketed path's largest batch), and a fixed number of texts per pass. Each
+text's vectors are those of the padded path, up to float32 rounding. The shape follows the texts'
+lengths and count, so separate calls may compile separate shapes: give one call many texts.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from typing import Sequence
 
@@ -20,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from starbucks_jax.data.packing import first_fit, pack
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
 from starbucks_jax.model import pooling as pooling_lib
@@ -54,11 +64,36 @@ def padded_length(longest: int, max_length: int) -> int:
   return next(b for b in bucket_lengths(max_length) if b >= longest)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_layers", "layers", "pooling", "dtype"))
-def pooled_layers(params, input_ids, attention_mask, *, config, num_layers, layers, pooling, dtype):
-  """{layer: [batch, hidden] pooled vectors} of one compiled forward pass that stops at `num_layers`."""
-  out = family_of(config).apply(params, input_ids, attention_mask, config=config, num_layers=num_layers, dtype=dtype)
+@functools.partial(jax.jit, static_argnames=("config", "num_layers", "layers", "pooling", "dtype", "num_texts"))
+def pooled_layers(params, input_ids, attention_mask, segment_ids=None, position_ids=None, *, config, num_layers,
+                  layers, pooling, dtype, num_texts=None):
+  """{layer: [batch, hidden] pooled vectors} of one compiled forward pass that stops at `num_layers`; of packed
+  rows (`segment_ids`, `position_ids`, `num_texts`: `data/packing.py`), [num_texts, hidden], one per text."""
+  out = family_of(config).apply(params, input_ids, attention_mask, config=config, num_layers=num_layers, dtype=dtype,
+                                segment_ids=segment_ids, position_ids=position_ids, num_texts=num_texts)
   return {n: out.pooled(n, pooling) for n in layers}
+
+
+def packed_passes(lengths: Sequence[int], length: int, budget: int) -> tuple[list[np.ndarray], int]:
+  """(the texts of each forward pass, the rows of the fullest pass) that pack texts of these `lengths` into
+  rows of `length` tokens, at most `budget` tokens per pass.
+
+  Pass c of C takes every C-th text of the longest-first order from the c-th on: every pass holds the same
+  mix of long and short texts (short ones fill the rows' ends) and about the same tokens (pass 0 holds at
+  most one text, and one longest text's tokens, more than any other), so one row count fits them all with
+  little to spare and the last pass is no emptier than the others. C starts at the least count the tokens
+  allow and grows until the fullest pass fits the budget. The rows are the fullest pass's, not the
+  budget's, so that a few texts cost a few rows."""
+  lengths = np.asarray(lengths)
+  most_rows = max(1, budget // length)
+  order = np.argsort(-lengths, kind="stable")
+  count = min(len(lengths), math.ceil(lengths.sum() / (most_rows * length)))
+  while True:
+    passes = [order[c::count] for c in range(count)]
+    rows = max(first_fit(lengths[texts], length)[2] for texts in passes)
+    if rows <= most_rows:  # at the latest when every pass is one text
+      return passes, rows
+    count = min(len(lengths), max(count + 1, math.ceil(count * rows / most_rows)))
 
 
 class Encoder:
@@ -92,20 +127,23 @@ class Encoder:
 
   def encode(self, texts: Sequence[str], *, layer: int | None = None, dim: int | None = None,
              pooling: str | None = None, normalize: bool = False, batch_size: int = 32,
-             max_length: int | None = None, show_progress: bool | None = None) -> np.ndarray:
+             max_length: int | None = None, show_progress: bool | None = None, packing: bool = False) -> np.ndarray:
     """[len(texts), dim] float32: layer `layer`'s pooled output cut to its first `dim` coordinates."""
     layer = self.config.num_hidden_layers if layer is None else layer
     dim = self.config.hidden_size if dim is None else dim
     check_pair(self.config, layer, dim)
     layer, dim = int(layer), int(dim)
     pooled = self.encode_layers(texts, layers=(layer,), pooling=pooling, batch_size=batch_size,
-                                max_length=max_length, show_progress=show_progress)[layer]
+                                max_length=max_length, show_progress=show_progress, packing=packing)[layer]
     return np.asarray(pooling_lib.cut(pooled, dim, normalize), dtype=np.float32)
 
   def encode_layers(self, texts: Sequence[str], *, layers: Sequence[int], pooling: str | None = None,
-                    batch_size: int = 32, max_length: int | None = None,
-                    show_progress: bool | None = None) -> dict[int, np.ndarray]:
-    """{layer: [len(texts), hidden] float32} from one forward pass that stops at max(layers)."""
+                    batch_size: int = 32, max_length: int | None = None, show_progress: bool | None = None,
+                    packing: bool = False) -> dict[int, np.ndarray]:
+    """{layer: [len(texts), hidden] float32} from one forward pass that stops at max(layers).
+
+    `packing`: texts end to end in rows rather than one padded row each (module docstring); the same
+    vectors."""
     pooling = pooling or self.default_pooling
     if pooling not in pooling_lib.POOLINGS:
       raise StarbucksError(f"pooling must be one of {', '.join(pooling_lib.POOLINGS)}, got {pooling!r}")
@@ -115,32 +153,65 @@ class Encoder:
     if batch_size < 1:
       raise StarbucksError(f"batch_size must be at least 1, got {batch_size}")
     max_length = min(max_length or self.max_length, self.config.max_text_length)
-    if isinstance(texts, str):
-      raise StarbucksError("texts must be a sequence of strings, not one string")
-    texts = list(texts)
-    wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
-    if wrong is not None:
-      raise StarbucksError(f"texts[{wrong}] is {type(texts[wrong]).__name__} {texts[wrong]!r:.40}, not a string")
+    texts = checked_texts(texts)
     if not texts:
       return {n: np.zeros((0, self.config.hidden_size), np.float32) for n in layers}
 
     ids = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: early failures, tight padding
+    batches, inputs = (self._packed(ids, batch_size, max_length) if packing
+                       else self._padded(ids, batch_size, max_length))
     results = {n: np.zeros((len(texts), self.config.hidden_size), np.float32) for n in layers}
-    starts = range(0, len(texts), batch_size)
     if show_progress is None:
-      show_progress = len(starts) >= SHOW_PROGRESS_FROM_BATCHES
-    for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
-      rows = order[start:start + batch_size]
-      length = padded_length(max(len(ids[i]) for i in rows), max_length)
+      show_progress = len(batches) >= SHOW_PROGRESS_FROM_BATCHES
+    for batch in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress):
+      pooled = pooled_layers(self.params, **inputs(batch), config=self.config, num_layers=layers[-1], layers=layers,
+                             pooling=pooling, dtype=self.dtype)
+      for n in layers:
+        results[n][batch] = np.asarray(pooled[n][:len(batch)])
+    return results
+
+  def _padded(self, ids: list, batch_size: int, max_length: int):
+    """(the texts of each batch, batch -> pooled_layers' inputs): batch_size texts a batch, longest first
+    (early failures, tight padding), padded to their bucket length."""
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+
+    def inputs(batch):
+      length = padded_length(max(len(ids[i]) for i in batch), max_length)
       input_ids = np.full((batch_size, length), self.config.pad_token_id, np.int32)
       attention_mask = np.zeros((batch_size, length), np.int32)
-      for row, i in enumerate(rows):
+      for row, i in enumerate(batch):
         input_ids[row, :len(ids[i])] = ids[i]
         attention_mask[row, :len(ids[i])] = 1
-      pooled = pooled_layers(self.params, input_ids, attention_mask, config=self.config,
-                              num_layers=layers[-1], layers=layers, pooling=pooling, dtype=self.dtype)
-      for n in layers:
-        results[n][rows] = np.asarray(pooled[n][:len(rows)])
-    return results
+      return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return [order[start:start + batch_size] for start in range(0, len(ids), batch_size)], inputs
+
+  def _packed(self, ids: list, batch_size: int, max_length: int):
+    """(the texts of each forward pass, pass -> pooled_layers' inputs): packed rows of one shape (module
+    docstring); a pass with fewer texts than the fullest leaves its last text numbers empty."""
+    empty = next((i for i, x in enumerate(ids) if not x), None)
+    if empty is not None:  # BERT-like tokenizers always add [CLS] and [SEP]; others may give no token
+      raise StarbucksError(f"texts[{empty}] has no tokens; packed encoding needs at least one per text")
+    length = padded_length(max(len(x) for x in ids), max_length)  # every text fits a row
+    passes, rows = packed_passes([len(x) for x in ids], length, batch_size * max_length)
+    log.info("packed encoding: %d texts, forward passes of %d rows x %d tokens and %d texts, %d of them (%.2fx the "
+             "real tokens)", len(ids), rows, length, len(passes[0]), len(passes),
+             len(passes) * rows * length / sum(map(len, ids)))
+
+    def inputs(texts):
+      packed = pack({"input_ids": [ids[i] for i in texts]}, {"input_ids": self.config.pad_token_id},
+                    np.arange(len(texts)), length=length, rows=rows)
+      return {**{name: packed[name] for name in ("input_ids", "attention_mask", "segment_ids", "position_ids")},
+              "num_texts": len(passes[0])}
+    return passes, inputs
+
+
+def checked_texts(texts: Sequence[str]) -> list[str]:
+  """The texts as a list; one string, or an item that is not a string, is an error naming it."""
+  if isinstance(texts, str):
+    raise StarbucksError("texts must be a sequence of strings, not one string")
+  texts = list(texts)
+  wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+  if wrong is not None:
+    raise StarbucksError(f"texts[{wrong}] is {type(texts[wrong]).__name__} {texts[wrong]!r:.40}, not a string")
+  return texts

@@ -41,6 +41,7 @@ class MineSettings:
   query_prefix: str = ""
   passage_prefix: str = ""
   batch_size: int = 32
+  packing: bool = False             # texts end to end in rows (`inference/encoder.py`): the same vectors
   chunk_size: int = 8192
   faiss: str | None = None          # a FAISS index factory string instead of exact search
   nprobe: int | None = None
@@ -128,7 +129,8 @@ def mine_negatives(encoder, queries: Sequence[TrainQuery], corpus: Corpus, setti
   index = search_lib.faiss_index(settings.faiss, settings.dim) if settings.faiss else None
   seconds, started = {}, time.perf_counter()
   encode = dict(layer=settings.layer, dim=settings.dim, pooling=settings.pooling, batch_size=settings.batch_size,
-                normalize=settings.similarity == "cosine", show_progress=settings.show_progress)
+                packing=settings.packing, normalize=settings.similarity == "cosine",
+                show_progress=settings.show_progress)
   query_texts = list({q.text: None for q in queries})  # one per group, in group order
   query_vectors = search_lib.encode_all(encoder, [settings.query_prefix + t for t in query_texts],
                                         max_length=settings.query_max_length, desc="encoding queries", **encode)

@@ -22,14 +22,15 @@ QUERY_BLOCK = 1024    # queries searched at once: [block, chunk] scores on the d
 
 
 def encode_shards(encoder, texts: Sequence[str], *, layer: int, dim: int, max_length: int, batch_size: int,
-                  pooling: str | None, normalize: bool, desc: str,
-                  show_progress: bool) -> Iterator[tuple[int, np.ndarray]]:
-  """(first row, [shard, dim] float32) for consecutive shards of `texts`, layer `layer` cut to `dim`."""
+                  pooling: str | None, normalize: bool, desc: str, show_progress: bool,
+                  packing: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+  """(first row, [shard, dim] float32) for consecutive shards of `texts`, layer `layer` cut to `dim`
+  (`packing`: texts end to end in rows, `inference/encoder.py`)."""
   with tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress) as bar:
     for start in range(0, len(texts), ENCODE_SHARD):
       shard = list(texts[start:start + ENCODE_SHARD])
       vectors = encoder.encode(shard, layer=layer, dim=dim, pooling=pooling, normalize=normalize,
-                               batch_size=batch_size, max_length=max_length, show_progress=False)
+                               batch_size=batch_size, max_length=max_length, show_progress=False, packing=packing)
       bar.update(len(shard))
       yield start, vectors
 

@@ -10,9 +10,13 @@ padding) and `position_ids` (restarting at 0 for each text), a token attends onl
 the pooled vectors are per text ([num_texts, hidden]), not per row. The math per text is the same as
 that text alone in a padded row.
 
-Attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on a GPU in bfloat16, XLA
-elsewhere: `attention_implementation`), except while attention dropout is active: that API has no
-dropout, so training with `attention_probs_dropout_prob > 0` keeps the explicit einsum form.
+Attention (`attend`, which ModernBERT uses too) goes through `jax.nn.dot_product_attention` (cuDNN's
+fused kernel on a GPU in bfloat16, XLA elsewhere: `attention_implementation`), except while attention
+dropout is active: that API has no dropout, so training with `attention_probs_dropout_prob > 0` keeps
+the explicit einsum form. On a TPU, rows of a multiple of 128 tokens without attention dropout run
+Pallas' splash kernel instead (`splash.py`); the environment variable `STARBUCKS_ATTENTION` (auto, the
+default | xla | splash | splash-interpret), read while tracing, overrides that choice. The layers receive
+an `AttentionMask`, built once per forward pass, which carries what either path needs.
 
 Parameters stay float32; `dtype` sets the compute dtype (float32 or bfloat16). Softmax, LayerNorm
 statistics and pooling run in float32 either way. The dense layers are `dense.Dense`: flax's Dense,
@@ -30,11 +34,12 @@ import dataclasses
 from typing import Any, Optional
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
-from starbucks_jax.model import bert_names, dense, pooling, remat as remat_lib
+from starbucks_jax.model import bert_names, dense, pooling, remat as remat_lib, splash
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import ModelFamily, constrain_activations
@@ -114,25 +119,44 @@ def attention_implementation(dtype) -> str:
   return "xla"
 
 
-def attend(q, k, v, mask, *, dtype, drop=None) -> jnp.ndarray:
+@flax.struct.dataclass
+class AttentionMask:
+  """Which keys each query may attend to, in the two forms the two attention paths read (a pytree, so it
+  passes through remat's custom vjp as arrays).
+
+  Attributes:
+    dense: [batch, 1, 1 or length, length] bool (XLA's path).
+    segment_ids: [batch, length] int32, a query seeing the keys of its own id: the packed text, or 1 on
+      text and 0 on padding (the splash kernel's path, `splash.py`).
+    window: the sliding window `dense` already includes (keys at most this far from the query); None: none.
+  """
+  dense: jnp.ndarray
+  segment_ids: jnp.ndarray
+  window: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+
+
+def attend(q, k, v, mask: AttentionMask, *, dtype, drop=None) -> jnp.ndarray:
   """Softmax attention of q over k, v ([batch, length, heads, head_dim]) where `mask` allows, in `dtype`.
 
-  Without `drop` (dropout on the probabilities) through the fused API; that API has no dropout, so with it
-  the explicit einsum form. q, k, v share one dtype here: under dense.py's CPU bfloat16 products they
-  come out float32."""
+  The splash kernel where `splash.kernel_mode` picks it. Otherwise, without `drop` (dropout on the
+  probabilities), through the fused API; that API has no dropout, so with it the explicit einsum form.
+  q, k, v share one dtype here: under dense.py's CPU bfloat16 products they come out float32."""
+  interpret = splash.kernel_mode(q.shape[0], q.shape[1], dropout=drop is not None)
+  if interpret is not None:
+    return splash.segment_attention(q, k, v, mask.segment_ids, window=mask.window,
+                                    interpret=interpret).astype(dtype)
   if drop is None:
     implementation = attention_implementation(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask.dense, implementation=implementation).astype(dtype)
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   # The most negative float32 on masked keys, as transformers does: they receive no attention.
-  scores = jnp.where(mask, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask.dense, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
   probs = drop(jax.nn.softmax(scores, axis=-1))
   return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention where `mask` ([batch, 1, 1 or length, length], bool) allows, with its
-  output projection."""
+  """Multi-head self-attention where `mask` (an `AttentionMask`) allows, with its output projection."""
   config: BertConfig
   dtype: Dtype = jnp.float32
 
@@ -178,13 +202,14 @@ def gelu(x: jnp.ndarray) -> jnp.ndarray:
   return x * (0.5 + 0.5 * jax.lax.erf(x * (2 ** -0.5)))
 
 
-def attention_mask_of(attention_mask: jnp.ndarray, segment_ids: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """Which keys each query may attend to, bool: [batch, 1, 1, length] (unpadded keys) from the [batch,
+def attention_mask_of(attention_mask: jnp.ndarray, segment_ids: Optional[jnp.ndarray] = None) -> AttentionMask:
+  """Which keys each query may attend to: dense [batch, 1, 1, length] (unpadded keys) from the [batch,
   length] 0/1 mask, or with `segment_ids` [batch, 1, length, length] (keys of the query's own text;
-  padding tokens share an id, so no query row is empty)."""
+  padding tokens share an id, so no query row is empty); the segment ids the splash kernel reads beside."""
   if segment_ids is None:
-    return attention_mask[:, None, None, :] > 0
-  return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return AttentionMask(attention_mask[:, None, None, :] > 0, (attention_mask > 0).astype(jnp.int32))
+  same_text = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+  return AttentionMask(same_text, segment_ids.astype(jnp.int32))
 
 
 def layers_and_mask(config: EncoderConfig, input_ids, attention_mask, num_layers, position_ids):

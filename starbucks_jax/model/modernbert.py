@@ -23,6 +23,9 @@ Packed rows (`data/packing.py`): `position_ids` restart in each text (the rotary
 `segment_ids` keep attention within each text, sliding windows included (a text's tokens are contiguous,
 so distance in the row is distance in the text).
 
+Attention is BERT's `attend`: on a TPU, Pallas' splash kernel (`splash.py`), whose local layers take the
+window that `sliding_window_mask` records instead of the dense mask it narrows.
+
 The parameter tree (`modernbert_names.py` maps it to Hugging Face names):
   embeddings/word_embeddings/embedding, embeddings/layer_norm/scale, final_norm/scale
   layer_{i}/attention_norm/scale (not layer 0), layer_{i}/attention/{qkv,output}/kernel,
@@ -39,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from starbucks_jax.model import dense, modernbert_names, pooling, remat as remat_lib
-from starbucks_jax.model.bert import attend, attention_mask_of, gelu, layers_and_mask
+from starbucks_jax.model.bert import AttentionMask, attend, attention_mask_of, gelu, layers_and_mask
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import ModelFamily, constrain_activations
 from starbucks_jax.model.mlm_head import init_mlm_head_params
@@ -61,12 +64,13 @@ def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def sliding_window_mask(mask: jnp.ndarray, window: int) -> jnp.ndarray:
-  """`mask` ([batch, 1, 1 or length, length] bool) limited to keys at most `window` positions from the query."""
-  length = mask.shape[-1]
+def sliding_window_mask(mask: AttentionMask, window: int) -> AttentionMask:
+  """`mask` limited to keys at most `window` positions from the query: its dense form narrowed, and the
+  window recorded for the splash kernel (which keeps its segment ids and applies the window itself)."""
+  length = mask.dense.shape[-1]
   index = jnp.arange(length)
   near = jnp.abs(index[:, None] - index[None, :]) <= window
-  return mask & near[None, None]
+  return mask.replace(dense=mask.dense & near[None, None], window=window)
 
 
 def _dense(config: ModernBertConfig, features: int, dtype: Dtype, name: str) -> dense.Dense:

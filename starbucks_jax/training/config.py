@@ -91,6 +91,7 @@ class EvalConfig:
       evaluate on (`evaluation/registry.py`).
     pairs: (layer, dim) pairs to score; empty: the pairs the run trains.
     batch_size: texts per encoding batch.
+    packing: encode texts end to end in rows (`inference/encoder.py`): the same vectors, fewer pad tokens.
     query_max_length, passage_max_length: retrieval lengths; STS texts use the larger.
     similarity: retrieval scores, "cosine" | "dot" (match starbucks.similarity).
   """
@@ -99,6 +100,7 @@ class EvalConfig:
       default_factory=lambda: {name: () for name in EVALUATORS}, metadata={"flatten": True})
   pairs: tuple = dataclasses.field(default=(), metadata={"parse": parse_pairs})
   batch_size: int = 64
+  packing: bool = False
   query_max_length: int = 32
   passage_max_length: int = 256
   similarity: str = "cosine"
@@ -115,7 +117,7 @@ class EvalConfig:
   def options(self, pooling: str) -> EvalOptions:
     return EvalOptions(pooling=pooling, batch_size=self.batch_size, query_max_length=self.query_max_length,
                        passage_max_length=self.passage_max_length, similarity=self.similarity,
-                       show_progress=False)
+                       packing=self.packing, show_progress=False)
 
 
 @dataclasses.dataclass(frozen=True)

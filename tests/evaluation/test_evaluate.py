@@ -302,6 +302,42 @@ def test_command_writes_results_table_and_heatmaps_from_a_workdir(spread_dir, tm
   assert flat["eval/sts_small/n1_d8/pearson"] == again["sts"]["sts_small"]["1,8"]["pearson"]
 
 
+def test_packed_evaluation_gives_the_padded_scores(spread_dir, spread_encoder, tmp_path, caplog):
+  """`--packing` (training: `eval.packing`) reaches every evaluator's encoding: STS and BEIR give the padded
+  scores and MTEB's layer cache the padded vectors, and the encoder logs its packed passes. (The spread
+  model: a random model's vectors crowd together, and 1e-6 changes rank near-ties.)"""
+  import logging
+  from starbucks_jax.cli import evaluate as cli
+  from starbucks_jax.evaluation.datasets import load_beir, load_sts
+  from starbucks_jax.evaluation.evaluator import EvalOptions
+  from starbucks_jax.evaluation.mteb_tasks import LayerCache
+  from starbucks_jax.evaluation.run import evaluate_encoder
+  sts = tmp_path / "sts.jsonl"  # 300 pairs of STS-B test; their sentences as a small BEIR set
+  sts.write_text("\n".join(STSB_TEST.read_text().splitlines()[:300]) + "\n")
+  pairs = [json.loads(line) for line in sts.read_text().splitlines()]
+  write_beir(tmp_path / "beir", [{"_id": f"d{i}", "title": "", "text": p["sentence1"]} for i, p in enumerate(pairs)],
+             [{"_id": f"q{i}", "text": p["sentence2"]} for i, p in enumerate(pairs[:30])],
+             [(f"q{i}", f"d{i}", 1) for i in range(30)])
+  sets = {"sts": [load_sts(sts)], "beir": [load_beir(tmp_path / "beir")]}
+  results, vectors = {}, {}
+  for packing in (False, True):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="starbucks_jax.inference.encoder"):
+      options = EvalOptions(packing=packing, show_progress=False)
+      results[packing] = evaluate_encoder(spread_encoder, sets, pairs=[(2, 16)], options=options)
+      vectors[packing] = LayerCache(spread_encoder, [2], options).vectors(["a text", "another, longer text"], "text")
+    assert caplog.text.count("packed encoding:") == (4 if packing else 0)  # STS, queries, passages, MTEB
+  for evaluator in ("sts", "beir"):
+    for name, by_pair in results[False][evaluator].items():
+      for metric, value in by_pair["2,16"].items():
+        assert abs(results[True][evaluator][name]["2,16"][metric] - value) < 0.01, (evaluator, name, metric)
+  np.testing.assert_allclose(vectors[True], vectors[False], atol=1e-5)
+  with caplog.at_level(logging.INFO, logger="starbucks_jax.inference.encoder"):
+    cli.main(["--model", str(spread_dir), "--sts", str(sts), "--pairs", "2:16", "--output", str(tmp_path / "r.json"),
+              "--packing"])
+  assert "packed encoding: " in caplog.text and (tmp_path / "r.json").exists()
+
+
 # --- Bad inputs. ---
 
 CORPUS = [{"_id": "d1", "title": "Title", "text": "one"}, {"_id": "d2", "title": "", "text": "two"}]

@@ -1,4 +1,4 @@
-"""Encoding: the Encoder API against transformers, bucketing, and the command line with good and bad input."""
+"""Encoding: the Encoder API against transformers, bucketing, packing, and the command line with good and bad input."""
 
 import json
 import shutil
@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from starbucks_jax.errors import StarbucksError
 from starbucks_jax.inference import encoder as encoder_lib
 from starbucks_jax.inference.encoder import Encoder, bucket_lengths
 from tests.helpers import REPO
@@ -60,8 +61,40 @@ def test_padding_buckets_bound_the_number_of_compiled_shapes(minilm_encoder):
   assert encoder_lib.pooled_layers._cache_size() == 3
 
 
-def test_default_pooling_is_cls_without_sentence_transformers_files(tiny_dir):
-  assert Encoder.from_pretrained(tiny_dir).default_pooling == "cls"
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_dir):
+  return Encoder.from_pretrained(tiny_dir)
+
+
+def test_default_pooling_is_cls_without_sentence_transformers_files(tiny_encoder):
+  assert tiny_encoder.default_pooling == "cls"
+
+
+def test_packed_encoding_gives_the_padded_vectors_from_one_compiled_shape(tiny_encoder, sentences):
+  """Texts of 2 to 64 tokens (the row length, texts cut there), more than one forward pass holds: every
+  text's CLS and mean vectors at every layer asked for equal the padded path's, the passes share one
+  shape, and the last pass is padded with an empty text."""
+  texts = sentences + ["", "a", " ".join(["word"] * 100)]
+  lengths = [len(x) for x in tiny_encoder.tokenizer(texts, truncation=True, max_length=64)["input_ids"]]
+  assert min(lengths) == 2 and max(lengths) == tiny_encoder.max_length == 64
+  passes, rows = encoder_lib.packed_passes(lengths, 64, 4 * 64)  # batch_size 4: 256 tokens a pass
+  assert len(passes) > 2 and rows <= 4 and len(passes[-1]) == len(passes[0]) - 1
+  assert sorted(np.concatenate(passes)) == list(range(len(texts)))
+  for pooling in ("cls", "mean"):
+    padded = tiny_encoder.encode_layers(texts, layers=(1, 2, 4), pooling=pooling, batch_size=128)  # one shape
+    encoder_lib.pooled_layers.clear_cache()
+    packed = tiny_encoder.encode_layers(texts, layers=(4, 2, 1), pooling=pooling, batch_size=4, packing=True)
+    assert encoder_lib.pooled_layers._cache_size() == 1
+    for n in (1, 2, 4):
+      assert np.abs(packed[n] - padded[n]).max() < 1e-5, (pooling, n)
+      assert np.abs(padded[n]).max() > 0.1  # vectors that a mixed-up text would change
+
+
+def test_packed_encoding_refuses_a_text_without_tokens(tiny_encoder):
+  no_special_tokens = lambda texts, **kwargs: {"input_ids": [[7592] if text else [] for text in texts]}
+  encoder = Encoder(tiny_encoder.config, tiny_encoder.params, no_special_tokens)
+  with pytest.raises(StarbucksError, match=r"texts\[1\] has no tokens; packed encoding needs at least one"):
+    encoder.encode_layers(["hello", ""], layers=(1,), packing=True)
 
 
 def test_progress_bar_on_long_input(minilm_encoder, capsys):
@@ -76,11 +109,14 @@ def run_encode(*args):
                         text=True)
 
 
-def test_cli_writes_an_array(minilm_dir, tmp_path, sentences):
+@pytest.mark.parametrize("packing", [[], ["--packing"]])
+def test_cli_writes_an_array(minilm_dir, tmp_path, sentences, packing):
   (tmp_path / "texts.txt").write_text("\n".join(sentences[:10]) + "\n")
   result = run_encode("--model", str(minilm_dir), "--layer", "4", "--dim", "128", "--pooling", "mean",
-                      "--normalize", "--input", str(tmp_path / "texts.txt"), "--output", str(tmp_path / "e.npy"))
+                      "--normalize", "--input", str(tmp_path / "texts.txt"), "--output", str(tmp_path / "e.npy"),
+                      *packing)
   assert result.returncode == 0, result.stderr
+  assert ("packed encoding: 10 texts, forward passes of" in result.stderr) == bool(packing), result.stderr
   vectors = np.load(tmp_path / "e.npy")
   assert vectors.shape == (10, 128) and vectors.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -74,7 +74,7 @@ def test_every_dense_product_of_a_bfloat16_layer_step_takes_bfloat16_operands():
                       intermediate_size=64, max_position_embeddings=16)
   layer = bert.EncoderLayer(config, jnp.bfloat16)
   x = jnp.ones((2, 8, 32), jnp.bfloat16)
-  mask = jnp.ones((2, 1, 1, 8), bool)
+  mask = bert.attention_mask_of(jnp.ones((2, 8), jnp.int32))
   params = layer.init(jax.random.PRNGKey(0), x, mask, True)
   grad = jax.grad(lambda p, h: jnp.sum(layer.apply(p, h, mask, True).astype(jnp.float32)), argnums=(0, 1))
   operands = _dot_operand_types(jax.jit(grad).lower(params, x).as_text())

@@ -134,7 +134,8 @@ def launch_two_processes(launcher, command, workdir, logs, tmp_path, preempt=Tru
 @pytest.mark.parametrize("task, launcher", [("srl", "local"), ("smae", "slurm")])
 def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, tiny_dir, tmp_path, request):
   """The local launcher's processes share one gs:// workdir on a GCS server (fake-gcs-server, `gcs`), as a
-  TPU pod's hosts do: each writes its own checkpoint shards, process 0 the rest."""
+  TPU pod's hosts do: each writes its own checkpoint shards, process 0 the rest. SRL evaluates during
+  training, packed (`eval.packing`) in the two processes and padded in the one."""
   from starbucks_jax import storage
   evaluate = task == "srl"  # evaluation during training: process 0 scores the gathered weights
   two = tmp_path / "two"
@@ -144,7 +145,8 @@ def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, 
   sts = tmp_path / "sts" / STS.name  # its first 150 pairs: evaluation is checked, not measured
   sts.parent.mkdir()
   sts.write_text("\n".join(STS.read_text().splitlines()[:150]) + "\n")
-  logs = launch_two_processes(launcher, run_args(task, tiny_dir, two, evaluate=evaluate, sts=sts), two,
+  packed_eval = ["--config.eval.packing=True"] if evaluate else []  # the same scores as the one process's
+  logs = launch_two_processes(launcher, run_args(task, tiny_dir, two, *packed_eval, evaluate=evaluate, sts=sts), two,
                               tmp_path / "logs", tmp_path)
   run(run_args(task, tiny_dir, tmp_path / "one", "--cpu_devices", "4", evaluate=evaluate, sts=sts))
   assert_same_metrics(metrics(two), metrics(tmp_path / "one"))
@@ -152,6 +154,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(task, launcher, 
     rows = {r["step"]: r for r in metrics(two)}
     assert all(f"eval/stsb_test/n{n}_d{d}/spearman" in rows[step] for step in (2, 4) for n, d in ((1, 8), (4, 32)))
     assert not any(k.startswith("eval/") for k in rows[1])
+    assert "packed encoding:" in (logs / "process_0.log").read_text()
 
   for i in (0, 1):
     log = (logs / f"process_{i}.log").read_text()
