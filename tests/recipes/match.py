@@ -32,7 +32,8 @@ class MatchSet:
 def evaluate(encoder, data: MatchSet, pairs, options) -> dict:
   layers = sorted({n for n, _ in pairs})
   encode = lambda texts: encoder.encode_layers(texts, layers=layers, pooling=options.pooling,
-                                               batch_size=options.batch_size, show_progress=False)
+                                               batch_size=options.batch_size, packing=options.packing,
+                                               show_progress=False)
   queries, positives = encode(data.queries), encode(data.positives)
   results = {}
   for layer, dim in pairs:
