@@ -122,7 +122,7 @@ class Side:
 
 def split(x: jax.Array, count: int) -> jax.Array:
   """[rows, ...] -> [count, rows / count, ...]; chunk k holds rows k, k + count, k + 2 count, ..."""
-  x = jnp.swapaxes(x.reshape((x.shape[0] // count, count) + x.shape[1:]), 0, 1)
+  x = packing.split_rows(x, count)
   # The chunk's rows stay split over the batch axes (a no-op outside training's activation layout).
   return nn.with_logical_constraint(x, (None, "activation_batch") + (None,) * (x.ndim - 2))
 
