@@ -7,11 +7,11 @@ the data is `data/quickstart/snli_triplets.jsonl` (5883 SNLI triplets). One epoc
 triplets trains the six pairs (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) with MNRL plus the KL term,
 then exports `runs/quickstart/export`, a sentence-transformers folder.
 
-Expected (2-core CPU): about 7 minutes (6 min 27 s of training steps, measured 2026-12-01); every pair's
-loss in `runs/quickstart/metrics.jsonl` falls, and the end-of-training STS-B Spearman at (1,16) ...
-(6,384) is 52.44 64.56 71.24 74.71 77.70 83.45.
-Packed (`--config.data.packing=True`, no padding per text): 3 min 36 s against 7 min 02 s unpacked, run
-one after the other (2026-12-02), STS-B 53.06 64.66 71.53 75.00 77.64 83.13.
+Expected (2-core CPU): about 7 minutes (timings: BENCHMARKS.md, section "Packing: the SRL step on real
+data"); every pair's loss in `runs/quickstart/metrics.jsonl` falls, and the end-of-training STS-B
+Spearman at (1,16) ... (6,384) is 52.44 64.56 71.24 74.71 77.70 83.45.
+Packed (`--config.data.packing=True`, no padding per text): its time and scores against the unpacked run
+are in BENCHMARKS.md, section "Packing: the SRL step on real data" ("The quickstart with packing").
 Other modes: --config.starbucks.mode=2dmse, or the `separate` baseline:
     --config.starbucks.mode=separate --config.starbucks.pairs="((2,32),)"
 """
@@ -29,7 +29,8 @@ def get_config():
   c.model.pooling = "mean"  # what all-MiniLM-L6-v2 was trained with
   c.data.source = os.path.join(REPO, "data", "quickstart", "snli_triplets.jsonl")
   # SNLI sentences are short: 32 tokens cut 3% of premises and under 0.1% of hypotheses, and keep a
-  # step (32 queries + 64 passages, padded alike) under 2 s on 2 cores.
+  # step (32 queries + 64 passages, padded alike) short on a CPU (its time: BENCHMARKS.md, section
+  # "Packing: the SRL step on real data", the unpacked SNLI row).
   c.data.query_max_length = 32
   c.data.passage_max_length = 32
   c.starbucks.pairs = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
@@ -38,7 +39,8 @@ def get_config():
   c.optimizer.lr = 1e-4
   c.optimizer.warmup_ratio = 0.1
   c.optimizer.weight_decay = 0.0
-  # At the end, STS-B test Spearman at every pair goes into metrics.jsonl (about 20 s).
+  # At the end, STS-B test Spearman at every pair goes into metrics.jsonl (its time: BENCHMARKS.md,
+  # section "Packing: the SRL step on real data", "The quickstart with packing").
   c.eval.sts = (os.path.join(REPO, "data", "quickstart", "stsb_test.jsonl"),)
   c.eval.query_max_length = 128
   c.eval.passage_max_length = 128

@@ -28,8 +28,9 @@ def get_config():
   c.model.name = "minilm"  # the packaged all-MiniLM-L6-v2
   c.model.pooling = "mean"
   c.data.source = os.path.join(REPO, "data", "quickstart", "pretrain_text.jsonl")
-  # 32 tokens: the vocabulary projection at 12 (pair, branch) terms dominates a step (about 400 GFLOP
-  # at 32 x 32 tokens, 3.5 s on 2 cores), so the quickstart stays short.
+  # 32 tokens: the vocabulary projection at 12 (pair, branch) terms dominates a step (its FLOPs and time:
+  # BENCHMARKS.md, section "Results (CPU, float32)", the SMAE quickstart's step), so the quickstart
+  # stays short.
   c.data.max_length = 32
   c.smae.pairs = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
   c.batch_size = 32

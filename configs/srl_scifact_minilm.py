@@ -13,8 +13,8 @@ hard negatives: the "bring your own retrieval data" example, runnable on a CPU.
 queries against the whole corpus at every pair goes into metrics.jsonl. `bash bench/hard_negatives/run.sh`
 runs the whole comparison; BENCHMARKS.md ("Hard negatives") has its figures.
 Expected (2-core CPU, 2026-12-02): about 13 minutes of training plus a 4-minute evaluation; dev nDCG@10
-at (1,16) ... (6,384): 5.45 6.54 19.51 30.96 38.87 68.99 with negatives mined at (6, 384), against
-4.46 5.88 17.04 28.79 37.59 64.31 with in-batch negatives only (about 2 minutes of training).
+at (1,16) ... (6,384): 5.45 6.54 19.51 30.96 38.87 68.99 with negatives mined at (6, 384). In-batch
+negatives only, and negatives mined at (3, 64): BENCHMARKS.md, section "Hard negatives".
 """
 
 import os

@@ -13,24 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.encode", description=__doc__.split("\n")[0])
-  p.add_argument("--model", help="Hugging Face folder, hub name or training workdir (default: packaged "
-                 "all-MiniLM-L6-v2)")
-  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step (default: newest)")
-  p.add_argument("--layer", type=int, help="use the output of this layer, 1..num_layers (default: last)")
-  p.add_argument("--dim", type=int, help="keep the first DIM coordinates (default: hidden size)")
-  p.add_argument("--pooling", choices=["mean", "cls"], help="default: the folder's sentence-transformers "
-                 "pooling, else cls")
-  p.add_argument("--normalize", action="store_true", help="L2-normalise after the cut to DIM")
-  p.add_argument("--max-length", type=int, help="tokens per text (default: the model's max_seq_length)")
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--packing", action="store_true", help="lay the texts end to end in rows rather than padding "
-                 "each to its batch's length: the same vectors, fewer pad tokens computed")
-  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+  flags.add_model_flags(p)
+  flags.add_size_flags(p)
+  flags.add_encoding_flags(p, normalize=True)
   p.add_argument("--input", required=True, help="text file, one text per line")
   p.add_argument("--output", required=True, help="the file to write the array to, in .npy format")
   return p.parse_args(argv)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
-from starbucks_jax.model.pooling import POOLINGS, SIMILARITIES
 
 
 def parse_args(argv):
@@ -35,10 +35,8 @@ def parse_args(argv):
                               epilog="Max lengths: STS texts use --max-length (default: the model's "
                               "max_seq_length); queries and passages use --query-max-length and "
                               "--passage-max-length, which default to --max-length when it is given, "
-                              "else to 32 and 256.")
-  p.add_argument("--model", help="Hugging Face folder, hub name or training workdir (default: packaged "
-                 "all-MiniLM-L6-v2)")
-  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step (default: newest)")
+                              f"else to {flags.QUERY_MAX_LENGTH} and {flags.PASSAGE_MAX_LENGTH}.")
+  flags.add_model_flags(p)
   for evaluator in EVALUATORS.values():
     p.add_argument(f"--{evaluator.name}", nargs="+", default=[], metavar=evaluator.metavar, help=evaluator.help)
   p.add_argument("--split", default="test", help="BEIR qrels file to use (default: test)")
@@ -47,18 +45,8 @@ def parse_args(argv):
                      "6-layer hidden-384 model; pair i of 6 is layer ceil(i*L/6) with the i-th of the "
                      "five largest powers of two below the hidden size, then the hidden size)")
   which.add_argument("--grid", action="store_true", help="every layer with every default dim")
-  p.add_argument("--pooling", choices=POOLINGS, help="default: the model's (sentence-transformers "
-                 "pooling, or the run's), else cls")
-  p.add_argument("--similarity", choices=SIMILARITIES, default="cosine",
-                 help="retrieval score (STS always uses cosine); default cosine")
-  p.add_argument("--max-length", type=int, help="tokens per STS text, and the default for the two below")
-  p.add_argument("--query-max-length", type=int)
-  p.add_argument("--passage-max-length", type=int)
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--packing", action="store_true", help="encode texts end to end in rows rather than padding "
-                 "each to its batch's length: the same vectors, fewer pad tokens computed")
-  p.add_argument("--chunk-size", type=int, default=8192, help="corpus passages scored on the device at once")
-  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+  flags.add_encoding_flags(p, queries_and_passages=True)
+  flags.add_search_flags(p, sts=True)
   p.add_argument("--precision", nargs="+", default=["float32"], metavar="P",
                  help="vector precisions scored at every size: float32 (always), int8, binary")
   p.add_argument("--frontier", action="store_true", help="measure each size's cost and write the cost-quality "
@@ -108,9 +96,9 @@ def main(argv=None) -> None:
   pairs = (pairs_lib.grid_pairs(config) if args.grid else pairs_lib.parse_pair_text(args.pairs) if args.pairs
            else pairs_lib.default_pairs(config))
   pairs_lib.check_pairs(config, pairs)
+  query_max_length, passage_max_length = flags.query_passage_lengths(args)
   options = EvalOptions(pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
-                        query_max_length=args.query_max_length or args.max_length or 32,
-                        passage_max_length=args.passage_max_length or args.max_length or 256,
+                        query_max_length=query_max_length, passage_max_length=passage_max_length,
                         similarity=args.similarity, chunk_size=args.chunk_size, split=args.split, show_progress=True,
                         packing=args.packing,
                         precisions=precisions, model_name=_model_name(source), model_revision=_revision(source),

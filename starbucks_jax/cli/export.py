@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import argparse
 
+from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
-from starbucks_jax.model.pooling import POOLINGS
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.export", description=__doc__.split("\n")[0])
   source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--model", help="Hugging Face folder, hub name or training workdir")
+  flags.add_model_flag(source, default_model=False)
   source.add_argument("--workdir", help="a training workdir: export its newest checkpoint (or --step)")
-  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step to export (default: newest)")
+  flags.add_step_flag(p)
   p.add_argument("--output", required=True, help="folder to write")
   p.add_argument("--num-layers", type=int, help="keep only the first n layers (default: all)")
-  p.add_argument("--pooling", choices=POOLINGS, help="sentence-transformers pooling (default: the source "
-                 "folder's, else cls)")
+  flags.add_pooling_flag(p, pooling_help="the sentence-transformers pooling to write (default: the source "
+                         "folder's, else cls)")
   p.add_argument("--max-seq-length", type=int, help="sentence-transformers max_seq_length (default: the "
                  "source folder's, else the position limit)")
   p.add_argument("--normalize", action="store_true", help="add sentence-transformers' Normalize module")

@@ -18,18 +18,15 @@ import argparse
 import json
 import os
 
+from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
-from starbucks_jax.model.pooling import POOLINGS, SIMILARITIES
 
 
 def parse_args(argv):
   from starbucks_jax.mining.select import SAMPLINGS
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.mine", description=__doc__.split("\n")[0])
-  p.add_argument("--model", help="Hugging Face folder, hub name or training workdir (default: packaged "
-                 "all-MiniLM-L6-v2)")
-  p.add_argument("--step", type=int, help="with a workdir: the checkpoint step (default: newest)")
-  p.add_argument("--layer", type=int, help="mine with this layer's output (default: last)")
-  p.add_argument("--dim", type=int, help="cut to the first DIM coordinates (default: hidden size)")
+  flags.add_model_flags(p)
+  flags.add_size_flags(p)
   p.add_argument("--train", required=True, help="training data: pairs, triplets or Tevatron groups (a file, "
                  "hf:NAME or tfds:NAME, as data.source)")
   p.add_argument("--kind", default="auto", help="the training data's kind (default: from its columns)")
@@ -45,17 +42,10 @@ def parse_args(argv):
   p.add_argument("--num-negatives", type=int, default=7, help="negatives per query (default 7)")
   p.add_argument("--sampling", choices=SAMPLINGS, default="random", help="random (seeded) or top candidates")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--pooling", choices=POOLINGS, help="default: the model's, else cls")
-  p.add_argument("--similarity", choices=SIMILARITIES, default="cosine")
-  p.add_argument("--query-max-length", type=int, default=32)
-  p.add_argument("--passage-max-length", type=int, default=256)
+  flags.add_encoding_flags(p, max_length=False, queries_and_passages=True)
   p.add_argument("--query-prefix", default="", help="put before every query (e.g. 'query: ')")
   p.add_argument("--passage-prefix", default="", help="put before every passage")
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--packing", action="store_true", help="encode texts end to end in rows: the same vectors, "
-                 "fewer pad tokens, one compiled shape per call")
-  p.add_argument("--chunk-size", type=int, default=8192, help="corpus rows scored on the device at once")
-  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+  flags.add_search_flags(p)
   p.add_argument("--faiss", metavar="FACTORY", help="search a FAISS index instead (factory string: Flat, "
                  "SQ8, IVF4096,PQ32, ...), filled shard by shard for corpora whose vectors do not fit")
   p.add_argument("--nprobe", type=int, help="with an IVF --faiss index: lists searched per query")

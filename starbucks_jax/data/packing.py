@@ -8,7 +8,7 @@ end of each row. A packed batch holds, besides the per-token arrays of its texts
     attention_mask int32   1 on a text's tokens, 0 on padding
 
 The model lets a token attend only to tokens of its own text and pools per text id
-(`model/pooling.packed_pools`), so each text's vectors are those it gets alone in a padded row.
+(`model/pooling.py`, per text), so each text's vectors are those it gets alone in a padded row.
 
 Text ids are global: host h of H numbers its texts after those of hosts 0..h-1, so pooled vectors come
 out in the order of the unpacked global batch however the rows were filled. The number of texts per

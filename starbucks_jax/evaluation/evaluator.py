@@ -16,7 +16,7 @@ class EvalOptions:
   """How to encode and score.
 
   Attributes:
-    pooling: "mean" | "cls"; None: the encoder's default.
+    pooling: a kind of `model/pooling.POOLINGS`; None: the encoder's default.
     batch_size: texts per encoding batch.
     max_length: tokens per text of sentence data (STS); None: the encoder's max length.
     query_max_length, passage_max_length: tokens per query and per passage (retrieval).

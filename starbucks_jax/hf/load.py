@@ -21,6 +21,7 @@ from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import convert
 from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.pooling import POOLINGS, from_st_mode
 from starbucks_jax.model.registry import read_config
 
 log = logging.getLogger(__name__)
@@ -128,14 +129,15 @@ def read_sentence_transformers_settings(model_dir: Path) -> tuple[str | None, in
 
 
 def _pooling_from_st_config(cfg: dict) -> str | None:
-  mode = cfg.get("pooling_mode")  # sentence-transformers >= 6
-  if mode in ("cls", "mean"):
+  """The pooling kind (`pooling.POOLINGS`) a sentence-transformers Pooling config names, else None (the
+  family's default then applies)."""
+  mode = from_st_mode(cfg.get("pooling_mode"))  # sentence-transformers >= 6
+  if mode:
     return mode
-  if cfg.get("pooling_mode_cls_token"):
-    return "cls"
-  if cfg.get("pooling_mode_mean_tokens"):
-    return "mean"
-  log.warning("sentence-transformers pooling %s is not supported; falling back to CLS", cfg)
+  for kind in POOLINGS.values():
+    if cfg.get(kind.st_flag):
+      return kind.name
+  log.warning("sentence-transformers pooling %s is not supported; falling back to the model family's default", cfg)
   return None
 
 

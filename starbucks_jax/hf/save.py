@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import convert
 from starbucks_jax.hf.load import TOKENIZER_FILES
-from starbucks_jax.model.pooling import POOLINGS
+from starbucks_jax.model.pooling import POOLINGS, pooling_kind
 from starbucks_jax.model.registry import family_of
 
 
@@ -32,9 +32,10 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
   `normalize` adds sentence-transformers' Normalize module (it runs before `truncate_dim`'s cut, so
   truncated vectors are then not unit length; cosine similarity does not care).
   """
-  if pooling not in POOLINGS:
-    raise StarbucksError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+  pooling_kind(pooling)  # an unknown kind: the error names the known ones
   num_layers = config.num_hidden_layers if num_layers is None else num_layers
+  if with_mlm_head:
+    family_of(config).require_mlm("an export with the MLM head")
   names = family_of(config).hf_names
   layout = names.mlm_architecture if with_mlm_head else names.base_architecture
   state = convert.params_to_hf(params, config, num_layers=num_layers, layout=layout)
@@ -62,10 +63,7 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
   (out / "1_Pooling").mkdir(exist_ok=True)
   _write_json(out / "1_Pooling" / "config.json", {
       "word_embedding_dimension": config.hidden_size,
-      "pooling_mode_cls_token": pooling == "cls",
-      "pooling_mode_mean_tokens": pooling == "mean",
-      "pooling_mode_max_tokens": False,
-      "pooling_mode_mean_sqrt_len_tokens": False,
+      **_st_pooling_flags(pooling),
   })
   _write_json(out / "sentence_bert_config.json",
               {"max_seq_length": min(max_seq_length, config.max_text_length), "do_lower_case": False})
@@ -74,6 +72,13 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
       "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",
   })
   return out
+
+
+def _st_pooling_flags(pooling: str) -> dict[str, bool]:
+  """sentence-transformers' Pooling flags: the chosen kind's true, every other false (`pooling.POOLINGS`
+  gives each kind's flag; max and mean-sqrt-len are kinds sentence-transformers has and we do not)."""
+  flags = {kind.st_flag: kind.name == pooling for kind in POOLINGS.values()}
+  return {**flags, "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
 
 
 def _write_json(path: Path, obj) -> None:

@@ -34,7 +34,7 @@ from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
 from starbucks_jax.model import pooling as pooling_lib
 from starbucks_jax.model.config import EncoderConfig
-from starbucks_jax.model.registry import family_of
+from starbucks_jax.model.registry import family_of, pooling_or_default
 from starbucks_jax.pairs import check_pair
 from starbucks_jax.runtime import workdir
 
@@ -46,11 +46,9 @@ SHOW_PROGRESS_FROM_BATCHES = 8  # the progress bar appears from this many batche
 def bucket_lengths(max_length: int, smallest: int = 12) -> list[int]:
   """12, 16, 24, 32, 48, 64, 96, ... below `max_length`, then `max_length` itself.
 
-  Steps of x1.5 and x4/3 pad real text about a quarter less than powers of two (measured on STS-B and
-  MS MARCO passages), for under twice the number of compiled shapes. The 12 is for sentences: 29 of the
-  32 batches of 64 of 2000 sorted STS-B sentences have 15 tokens or fewer; with 16 as the smallest
-  bucket they padded to 1.56x the real tokens, with 12 to 1.30x (with 8 and 12, 1.26x, but one more
-  shape to compile in every evaluation). MS MARCO passages: 1.24x either way.
+  Steps of x1.5 and x4/3 pad real text less than powers of two (measured on STS-B and MS MARCO
+  passages), for under twice the number of compiled shapes. The 12 is for sentences, most of whose
+  batches have 15 tokens or fewer (BENCHMARKS.md, "Results (CPU, bfloat16)": the padding of each choice).
   """
   buckets, length = [], 8
   while length < max_length:
@@ -99,12 +97,12 @@ def packed_passes(lengths: Sequence[int], length: int, budget: int) -> tuple[lis
 class Encoder:
   """A model, its tokenizer and its default pooling, ready to encode text."""
 
-  def __init__(self, config: EncoderConfig, params: dict, tokenizer, *, default_pooling: str = "cls",
+  def __init__(self, config: EncoderConfig, params: dict, tokenizer, *, default_pooling: str | None = None,
                max_length: int = 512, dtype=jnp.float32):
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
-    self.default_pooling = default_pooling
+    self.default_pooling = pooling_or_default(default_pooling, config)
     self.max_length = min(max_length, config.max_text_length)
     self.dtype = dtype
 
@@ -114,7 +112,7 @@ class Encoder:
     """A Hugging Face folder or hub name, or a training workdir at its newest checkpoint (or `step`).
 
     Pooling and max length default to the folder's sentence-transformers settings (or the run's), else
-    CLS and the model's position limit."""
+    the model family's default pooling and the model's position limit."""
     source = workdir.resolve(name_or_path, step=step)
     config, serving = source.config(), source.serving()
     params, saved_step = source.load_params()
@@ -122,7 +120,7 @@ class Encoder:
       log.info("encoding with %s at step %d", source.workdir, saved_step)
     if max_length is None:
       max_length = serving.max_seq_length or config.max_text_length
-    return cls(config, params, load_tokenizer(source.model_dir), default_pooling=serving.pooling or "cls",
+    return cls(config, params, load_tokenizer(source.model_dir), default_pooling=pooling_or_default(serving.pooling, config),
                max_length=max_length, dtype=dtype)
 
   def encode(self, texts: Sequence[str], *, layer: int | None = None, dim: int | None = None,
@@ -144,9 +142,7 @@ class Encoder:
 
     `packing`: texts end to end in rows rather than one padded row each (module docstring); the same
     vectors."""
-    pooling = pooling or self.default_pooling
-    if pooling not in pooling_lib.POOLINGS:
-      raise StarbucksError(f"pooling must be one of {', '.join(pooling_lib.POOLINGS)}, got {pooling!r}")
+    pooling = pooling_lib.pooling_kind(pooling or self.default_pooling).name
     for n in layers:
       check_pair(self.config, n, 1)
     layers = tuple(sorted(set(int(n) for n in layers)))

@@ -212,7 +212,8 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     labels += mae[2]
     dropped = dropped + mae[3]
 
-  losses = dict(zip(names, mean_cross_entropies(head, family.word_embeddings(params), transformed, labels, dtype)))
+  word_embeddings = family.require_mlm("SMAE pre-training").word_embeddings(params)
+  losses = dict(zip(names, mean_cross_entropies(head, word_embeddings, transformed, labels, dtype)))
   terms = [losses[metric_name("mlm", pair)] for pair in spec.pairs]
   if spec.uses_decoder:
     terms = [(mlm + losses[metric_name("mae", pair)]) / 2 for mlm, pair in zip(terms, spec.pairs)]
@@ -232,11 +233,11 @@ def _mae_terms(params, batch, out, transform, spec: SmaeSpec, model_config, dtyp
   """The MAE decoder's (names, transformed states, labels, dropped labels): one term per pair, each the
   decoder run over the embedded decoder input with the pair's transformed CLS vector at position 0
   (of each row; of each text in packed rows)."""
-  family = family_of(model_config)
+  mlm = family_of(model_config).require_mlm("SMAE's MAE decoder")
   deterministic = rngs is None
   embed_rng, decoder_rng = (None, None) if deterministic else rngs
   packed = packed_inputs(batch)
-  decoder_input = family.embed(params, batch["decoder_input_ids"], config=model_config, dtype=dtype,
+  decoder_input = mlm.embed(params, batch["decoder_input_ids"], config=model_config, dtype=dtype,
                                deterministic=deterministic, dropout_rng=embed_rng,
                                position_ids=packed.get("position_ids"))
   inputs = jnp.broadcast_to(decoder_input, (len(spec.pairs),) + decoder_input.shape)
@@ -252,7 +253,7 @@ def _mae_terms(params, batch, out, transform, spec: SmaeSpec, model_config, dtyp
     inputs = inputs.at[:, :, 0].set(cls.astype(inputs.dtype))
 
   def decode(x, rng):
-    return family.apply_layer(params["mae_decoder"], x, batch["attention_mask"], config=model_config, dtype=dtype,
+    return mlm.apply_layer(params["mae_decoder"], x, batch["attention_mask"], config=model_config, dtype=dtype,
                               deterministic=deterministic, dropout_rng=rng, segment_ids=packed.get("segment_ids"),
                               position_ids=packed.get("position_ids"))
 
@@ -268,4 +269,4 @@ def _mae_terms(params, batch, out, transform, spec: SmaeSpec, model_config, dtyp
 
 def init_decoder_params(encoder_params: dict, model_config: EncoderConfig) -> dict:
   """The MAE decoder's initial parameters: a copy of encoder layer 1, as the paper's code does."""
-  return jax.tree.map(np.array, family_of(model_config).first_layer(encoder_params))
+  return jax.tree.map(np.array, family_of(model_config).require_mlm("SMAE's MAE decoder").first_layer(encoder_params))

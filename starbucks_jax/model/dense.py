@@ -3,20 +3,21 @@
 Two things the profile of our training steps showed on the CPU (`bench/profile_step.py`):
 - A bias gradient is a column sum of the output gradient ([tokens, features] -> [features]). For an
   array as large as the MLM head's vocabulary logits XLA:CPU runs that reduction at a few hundred
-  million elements a second: 0.41 s for a [3684, 30522] gradient, against 0.015 s for the same sum
-  written as a product with a ones vector. `add_bias` has its own VJP that takes the product. (On other
-  backends the plain reduction is kept.)
+  million elements a second, many times slower than the same sum written as a product with a ones
+  vector (BENCHMARKS.md, "Profile first, then change", change 4). `add_bias` has its own VJP that
+  takes the product. (On other backends the plain reduction is kept.)
 - XLA:CPU runs a bfloat16 x bfloat16 -> bfloat16 dot through its generic path, at about the float32
-  rate (about 160 GFLOP/s on the 2-core AVX512-BF16 machine we measure on), but a
-  bfloat16 x bfloat16 -> float32 dot through the BF16 instructions, at about twice that (336 GFLOP/s).
+  rate, but a bfloat16 x bfloat16 -> float32 dot through the BF16 instructions, at about twice that
+  (`bench/matmul_rate.py`; BENCHMARKS.md).
   Asking the forward dot for float32 is not enough: JAX's transpose of that dot feeds the float32
   cotangent to the backward dots, which then run at the float32 rate. `dot` therefore has its own VJP,
   whose two backward dots also take bfloat16 operands and return float32.
   So with `dtype=bfloat16` on the CPU, the dense layers multiply in bfloat16 and everything between
   them (bias, GELU, residuals, attention, LayerNorm input) stays float32, as under PyTorch's CPU
-  autocast: the float32 activations measured 10% faster here than casting each result back to
-  bfloat16. On GPU and TPU, whose matrix units accumulate bfloat16 in float32 anyway and where
-  activation memory matters more, the plain bfloat16 dot is kept (this rule is unmeasured there).
+  autocast: the float32 activations measured faster here than casting each result back to
+  bfloat16 (BENCHMARKS.md, "Profile first, then change", change 5). On GPU and TPU, whose matrix
+  units accumulate bfloat16 in float32 anyway and where activation memory matters more, the plain
+  bfloat16 dot is kept (this rule is unmeasured there).
   The environment variable STARBUCKS_BF16_DOT overrides the rule: `auto` (the default: `dot` on the CPU
   only), `on` (`dot` for bfloat16 on every backend) or `off` (the plain bfloat16 dot everywhere). It is
   read when a step is traced, so set it before the first step compiles; `bench/device_check.sh` times
@@ -52,8 +53,8 @@ def _dot_forward(x, w):
 def _dot_backward(residuals, cotangent):
   x, w = residuals
   g = cotangent.astype(x.dtype)  # the backward products take operands in the compute dtype too
-  # Both as einsums: one dot_general each, no transposed copy of an operand (with the copy, the MiniLM
-  # SRL step was 15% slower).
+  # Both as einsums: one dot_general each, no transposed copy of an operand (the copy slowed the MiniLM
+  # SRL step: BENCHMARKS.md, "Profile first, then change", change 5).
   dx = jnp.einsum("...n,kn->...k", g, w, preferred_element_type=jnp.float32).astype(x.dtype)
   dw = jnp.einsum("...k,...n->kn", x, g, preferred_element_type=jnp.float32).astype(w.dtype)
   return dx, dw
@@ -113,8 +114,8 @@ def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
   """y [..., n] + bias [n] in y's dtype; on the CPU its gradient's column sum is a product (see above).
 
   For the vocabulary-wide MLM logits. The dense layers' biases keep the plain add: at their widths
-  XLA:CPU's sum is as fast or faster (0.14 against 0.20 ms at [4096, 384]), and the product, outside
-  XLA's fusions, made the MiniLM SRL step 20% slower."""
+  XLA:CPU's sum is as fast or faster, and the product, outside XLA's fusions, made the MiniLM SRL step
+  slower (BENCHMARKS.md, "Profile first, then change", change 4)."""
   if _on_cpu():
     return _add_bias_column_sum_by_product(y, bias)
   return y + bias.astype(y.dtype)

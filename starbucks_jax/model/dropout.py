@@ -1,10 +1,10 @@
 """Dropout whose mask is a hash of (key, element index), not a stream of PRNG bits.
 
-Why: on CPU, `jax.random.bernoulli` costs about 10 ns an element (threefry, or XLA's RngBitGenerator
-for "rbg" keys), and BERT drops out 3.5 [tokens x hidden] tensors a layer: 0.2 s of a 1.8 s MiniLM
-SRL step (bench/profile_step.py). Here each element's 32 random bits are the murmur3 finaliser applied
-twice to its (row, position-in-row) index mixed with two 32-bit seeds drawn once per call from the
-layer's key. That is a handful of integer ops fused into the elementwise kernel that applies the mask.
+Why: on CPU, `jax.random.bernoulli` is slow per element (threefry, or XLA's RngBitGenerator for "rbg"
+keys), and BERT drops out 3.5 [tokens x hidden] tensors a layer: a large part of a MiniLM SRL step
+(bench/profile_step.py; BENCHMARKS.md, "Profile first, then change", change 1). Here each element's
+32 random bits are the murmur3 finaliser applied twice to its (row, position-in-row) index mixed with
+two 32-bit seeds drawn once per call from the layer's key. That is a handful of integer ops fused into the elementwise kernel that applies the mask.
 
 Properties: the mask is a pure function of (key, shape), like jax.random's, so runs stay reproducible
 and resumed runs bit-identical; it depends on each element's global index, so it is the same however

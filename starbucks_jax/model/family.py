@@ -1,8 +1,8 @@
 """What a model family provides: the interface that every caller of a model goes through.
 
-A family (BERT, RoBERTa, ModernBERT) is one module with its config and forward pass (`bert.py`) and one with its
-parameter names (`bert_names.py`: the Hugging Face name table and the sharding axes); `registry.py`
-lists the families. Nothing outside `model/` imports a family module: callers ask the registry for the
+A family (BERT, RoBERTa, ModernBERT) is one module with its config and forward pass (`bert.py`), built
+from the shared layers (`layers/`), and one with its parameter names (`bert_names.py`: the Hugging Face
+name table and the sharding axes); `registry.py` lists the families. Nothing outside `model/` imports a family module: callers ask the registry for the
 family of a config (`registry.family_of(config)`) and call its functions.
 
 Parameter trees are {"encoder": ..., "pooler": {kernel, bias}} (no "pooler" where the Hugging Face model
@@ -18,6 +18,9 @@ from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from starbucks_jax.errors import StarbucksError
+from starbucks_jax.model.tokens import Tokens
 
 # The logical axes of a hidden-state tensor [batch, length, hidden], which every family's forward pass
 # puts on its hidden states (`constrain_activations`). Training maps "activation_batch" to the mesh's
@@ -53,63 +56,108 @@ class HfNames:
   embeddings: tuple
   layer: tuple
   pooler: tuple
-  mlm_head: tuple
   base_prefix: str
-  head_prefix: str
   ignored: re.Pattern
   aliases: dict
-  tied_decoder: str | None
   base_architecture: str
-  mlm_architecture: str
   expected_shapes: Callable
   normalise: Callable[[str], str]
   first_layer_skips: frozenset = frozenset()
+  # The MLM head's names; a family without one (a decoder embedder, `ModelFamily.mlm` None) leaves them.
+  mlm_head: tuple = ()
+  head_prefix: str | tuple = ()
+  tied_decoder: str | None = None
+  mlm_architecture: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelFamily:
-  """One encoder architecture.
+class MlmSupport:
+  """What SMAE pre-training needs of a family: a masked-LM head on its states and a one-layer decoder.
 
   Attributes:
-    name: for messages ("bert").
-    config_class: an `EncoderConfig` subclass; `config_class.model_type` is the `model_type` of the
-      config.json files this family reads.
-    apply: (params, input_ids, attention_mask=None, token_type_ids=None, *, config, num_layers=None,
-      dtype, deterministic=True, dropout_rng=None, remat=False, row_ids=None) -> `pooling.EncoderOutput`,
-      (remat: "none" | "dots" | "full", or False / True: `remat.py`),
-      every layer's hidden states and pooled vectors up to `num_layers`. `row_ids` [batch] are the rows'
-      indices in the whole batch; dropout masks must depend on them, not on the position in `input_ids`,
-      so that GradCache's chunked passes drop what one pass would (`model/dropout.py`). Packed rows
-      (`data/packing.py`) add `segment_ids`, `position_ids` [batch, length] and `num_texts`: attention
-      within each text, positions restarting in each, and pooled vectors per text ([num_texts, hidden]).
     embed: (params, input_ids, *, config, dtype, deterministic, dropout_rng, position_ids=None) -> the
       embedding output alone (SMAE's decoder input).
     apply_layer: (layer_params, x, attention_mask, *, config, dtype, deterministic, dropout_rng,
       segment_ids=None, position_ids=None) -> one encoder layer (SMAE's decoder; rotary families need
       the positions of packed rows).
-    init_params: (config, rng, *, with_mlm_head=False) -> a freshly initialised parameter tree.
-    init_pooler_params: (config, rng) -> the pooler's parameters (an export needs one; {} for none).
     word_embeddings: params -> the [vocab, hidden] table the MLM head's decoder is tied to.
     first_layer: encoder params -> what `apply_layer` takes, from the first layer (SMAE's decoder starts
       as a copy).
+  """
+  embed: Callable
+  apply_layer: Callable
+  word_embeddings: Callable
+  first_layer: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+  """One model architecture, and what it can do.
+
+  Attributes:
+    name: for messages ("bert").
+    config_class: an `EncoderConfig` subclass; `config_class.model_type` is the `model_type` of the
+      config.json files this family reads. Its FLOPs per token are the config's (`flops_per_token`).
+    forward: (params, tokens: `tokens.Tokens`, *, config, num_layers=None, dtype, deterministic=True,
+      dropout_rng=None, remat=False, row_ids=None) -> `pooling.EncoderOutput`: every layer's hidden
+      states up to `num_layers`, pooled on demand (remat: "none" | "dots" | "full", or False / True:
+      `remat.py`). `row_ids` [batch] are the rows' indices in the whole batch; dropout masks must depend
+      on them, not on the position in the batch, so that GradCache's chunked passes drop what one pass
+      would (`model/dropout.py`). Packed `tokens` (several texts a row) must keep attention within each
+      text, read positions from the tokens, and pool per text (`pooling.py` does the pooling).
+    init_params: (config, rng, *, with_mlm_head=False) -> a freshly initialised parameter tree.
+    init_pooler_params: (config, rng) -> the pooler's parameters (an export needs one; {} for none).
     keep_layers: (encoder params, n) -> the encoder params of the model cut to its first n layers.
     hf_names: the Hugging Face name table.
     param_axes: ((regex on a parameter path, logical axes), ...) for sharding: `runtime/sharding.py`
       maps the logical axes onto the mesh.
+    default_pooling: the pooling a folder without sentence-transformers files gets (`pooling.POOLINGS`).
+    mlm: the masked-LM pieces (SMAE pre-training, the MLM export), or None: SMAE is refused.
   """
   name: str
   config_class: type
-  apply: Callable
-  embed: Callable
-  apply_layer: Callable
+  forward: Callable
   init_params: Callable
   init_pooler_params: Callable
-  word_embeddings: Callable
-  first_layer: Callable
   keep_layers: Callable
   hf_names: HfNames
   param_axes: tuple
+  default_pooling: str = "cls"
+  mlm: MlmSupport | None = None
 
   @property
   def model_type(self) -> str:
     return self.config_class.model_type
+
+  def apply(self, params, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None,
+            position_ids=None, num_texts=None, **options):
+    """`forward` over loose arrays (`Tokens.of`): padded rows, or packed ones with `segment_ids`,
+    `position_ids` and `num_texts`."""
+    tokens = Tokens.of(input_ids, attention_mask, token_type_ids, segment_ids, position_ids, num_texts)
+    return self.forward(params, tokens, **options)
+
+  def require_mlm(self, what: str) -> MlmSupport:
+    """The MLM pieces, or an error naming `what` needs them."""
+    if self.mlm is None:
+      raise StarbucksError(f"{what} needs a masked-LM head, and the {self.name} family has none")
+    return self.mlm
+
+  @property
+  def word_embeddings(self) -> Callable:
+    return self.require_mlm("the MLM head's tied decoder").word_embeddings
+
+
+def checked_layers(config, tokens: Tokens, num_layers) -> int:
+  """The layers to run (all when None), checked against the model, and the length against its positions
+  (only where positions are implicit: packed rows restart them)."""
+  num_layers = config.num_hidden_layers if num_layers is None else num_layers
+  if not 0 <= num_layers <= config.num_hidden_layers:
+    raise ValueError(f"num_layers must be in 0..{config.num_hidden_layers}, got {num_layers}")
+  if not tokens.packed and tokens.shape[1] > config.max_text_length:
+    raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's {config.max_text_length} positions")
+  return num_layers
+
+
+def keep_first_layers(encoder_params: dict, n: int) -> dict:
+  """`keep_layers` for trees whose layers are `layer_{i}`: everything else, and layers 0..n-1."""
+  return {k: v for k, v in encoder_params.items() if not k.startswith("layer_") or int(k.split("_")[1]) < n}

@@ -23,8 +23,9 @@ Packed rows (`data/packing.py`): `position_ids` restart in each text (the rotary
 `segment_ids` keep attention within each text, sliding windows included (a text's tokens are contiguous,
 so distance in the row is distance in the text).
 
-Attention is BERT's `attend`: on a TPU, Pallas' splash kernel (`splash.py`), whose local layers take the
-window that `sliding_window_mask` records instead of the dense mask it narrows.
+Attention, norms, rotary positions and the GeGLU MLP are the shared layers (`layers/`): on a TPU, Pallas'
+splash kernel (`splash.py`), whose local layers take the window that `sliding_window` records instead of
+the dense mask it narrows.
 
 The parameter tree (`modernbert_names.py` maps it to Hugging Face names):
   embeddings/word_embeddings/embedding, embeddings/layer_norm/scale, final_norm/scale
@@ -41,36 +42,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from starbucks_jax.model import dense, modernbert_names, pooling, remat as remat_lib
-from starbucks_jax.model.bert import AttentionMask, attend, attention_mask_of, gelu, layers_and_mask
+from starbucks_jax.model import dense, modernbert_names, remat as remat_lib
 from starbucks_jax.model.dropout import Dropout
-from starbucks_jax.model.family import ModelFamily, constrain_activations
+from starbucks_jax.model.family import (MlmSupport, ModelFamily, checked_layers, constrain_activations,
+                                        keep_first_layers)
+from starbucks_jax.model.layers.attention import attend, attention_mask_of, sliding_window
+from starbucks_jax.model.layers.mlp import GatedMlp, gelu
+from starbucks_jax.model.layers.norms import layer_norm
+from starbucks_jax.model.layers.rotary import rotary
 from starbucks_jax.model.mlm_head import init_mlm_head_params
 from starbucks_jax.model.modernbert_config import LOCAL, ModernBertConfig
 from starbucks_jax.model.pooling import EncoderOutput
+from starbucks_jax.model.tokens import Tokens
 
 Dtype = Any
-
-
-def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
-  """Rotary position embedding of x [batch, length, heads, head_dim] at positions [batch, length], in float32:
-  the two halves of each head are the (cos, sin) rotation's pairs, as transformers' `rotate_half`."""
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, x.shape[-1], 2, dtype=jnp.float32) / x.shape[-1]))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, half]
-  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-  x = x.astype(jnp.float32)
-  x1, x2 = x[..., :half], x[..., half:]
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def sliding_window_mask(mask: AttentionMask, window: int) -> AttentionMask:
-  """`mask` limited to keys at most `window` positions from the query: its dense form narrowed, and the
-  window recorded for the splash kernel (which keeps its segment ids and applies the window itself)."""
-  length = mask.dense.shape[-1]
-  index = jnp.arange(length)
-  near = jnp.abs(index[:, None] - index[None, :]) <= window
-  return mask.replace(dense=mask.dense & near[None, None], window=window)
 
 
 def _dense(config: ModernBertConfig, features: int, dtype: Dtype, name: str) -> dense.Dense:
@@ -79,7 +64,7 @@ def _dense(config: ModernBertConfig, features: int, dtype: Dtype, name: str) -> 
 
 
 def _layer_norm(config: ModernBertConfig, dtype: Dtype, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return layer_norm(config.layer_norm_eps, dtype, name, use_bias=False)
 
 
 class Embeddings(nn.Module):
@@ -113,27 +98,13 @@ class SelfAttention(nn.Module):
     k = rotary(qkv[:, :, 1], positions, theta).astype(qkv.dtype)
     v = qkv[:, :, 2]
     if self.local:
-      mask = sliding_window_mask(mask, cfg.window)
+      mask = sliding_window(mask, cfg.window)
     dropout = Dropout(cfg.attention_probs_dropout_prob)
     drop = None if deterministic or cfg.attention_probs_dropout_prob <= 0 else (
         lambda probs: dropout(probs, deterministic=False, row_ids=row_ids))
     context = attend(q, k, v, mask, dtype=self.dtype, drop=drop)
     out = _dense(cfg, cfg.hidden_size, self.dtype, "output")(context.reshape(batch, length, cfg.hidden_size))
     return dropout(out, deterministic=deterministic, row_ids=row_ids)  # transformers' out_drop
-
-
-class GegluMlp(nn.Module):
-  """Wi makes [input | gate]; GELU(input) * gate, dropout, then Wo."""
-  config: ModernBertConfig
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool, row_ids=None):
-    cfg = self.config
-    projected = _dense(cfg, 2 * cfg.intermediate_size, self.dtype, "wi")(x)
-    h = gelu(projected[..., :cfg.intermediate_size]) * projected[..., cfg.intermediate_size:]
-    h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic, row_ids=row_ids)
-    return _dense(cfg, cfg.hidden_size, self.dtype, "wo")(h)
 
 
 class EncoderLayer(nn.Module):
@@ -151,14 +122,9 @@ class EncoderLayer(nn.Module):
     local = cfg.layer_types[self.index] == LOCAL
     x = x + SelfAttention(cfg, local, self.dtype, name="attention")(h, mask, positions, deterministic, row_ids)
     h = _layer_norm(cfg, self.dtype, "mlp_norm")(x)
-    return x + GegluMlp(cfg, self.dtype, name="mlp")(h, deterministic, row_ids)
-
-
-def _positions(input_ids, position_ids):
-  """Each token's place in its text: given for packed rows, else 0, 1, 2, ... (padding is on the right)."""
-  if position_ids is not None:
-    return position_ids
-  return jnp.broadcast_to(jnp.arange(input_ids.shape[1])[None, :], input_ids.shape)
+    mlp = GatedMlp(cfg.hidden_size, cfg.intermediate_size, gelu, fused=True, dropout_rate=cfg.hidden_dropout_prob,
+                   init_range=cfg.initializer_range, dtype=self.dtype, name="mlp")
+    return x + mlp(h, deterministic, row_ids)
 
 
 class ModernBertEncoder(nn.Module):
@@ -168,14 +134,13 @@ class ModernBertEncoder(nn.Module):
   remat: bool | str = False  # what each layer recomputes in the backward pass (remat.py)
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               num_layers: Optional[int] = None, deterministic: bool = True, row_ids=None,
-               segment_ids=None, position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
-    del token_type_ids  # ModernBERT has none
-    cfg = self.config
-    num_layers, attention_mask = layers_and_mask(cfg, input_ids, attention_mask, num_layers, position_ids)
-    inputs = (attention_mask_of(attention_mask, segment_ids), _positions(input_ids, position_ids))
-    x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(input_ids, deterministic, row_ids))
+  def __call__(self, tokens: Tokens, *, num_layers: Optional[int] = None, deterministic: bool = True,
+               row_ids=None) -> EncoderOutput:
+    cfg = self.config  # token_type_ids: ModernBERT has none
+    num_layers = checked_layers(cfg, tokens, num_layers)
+    inputs = (attention_mask_of(tokens.attention_mask, tokens.packed_segments), tokens.position_ids)
+    x = constrain_activations(Embeddings(cfg, self.dtype, name="embeddings")(tokens.input_ids, deterministic,
+                                                                             row_ids))
     final_norm = _layer_norm(cfg, self.dtype, "final_norm")
     hidden_states = [constrain_activations(final_norm(x))]
     for i in range(num_layers):  # a Python loop: layers above num_layers are never traced
@@ -183,19 +148,22 @@ class ModernBertEncoder(nn.Module):
       tied = False if self.is_initializing() else self.remat  # nothing to differentiate at init
       x = constrain_activations(remat_lib.apply_layer(layer, tied, x, inputs, deterministic, row_ids))
       hidden_states.append(constrain_activations(final_norm(x)))
-    return pooling.encoder_output(tuple(hidden_states), attention_mask, segment_ids, position_ids, num_texts)
+    return EncoderOutput(tuple(hidden_states), tokens)
 
 
-def apply(params, input_ids, attention_mask=None, token_type_ids=None, *, config: ModernBertConfig,
-          num_layers: Optional[int] = None, dtype: Dtype = jnp.float32, deterministic: bool = True,
-          dropout_rng: Optional[jax.Array] = None, remat: bool | str = False, row_ids=None, segment_ids=None,
-          position_ids=None, num_texts: Optional[int] = None) -> EncoderOutput:
-  """Runs the encoder (the arguments of `bert.apply`; token_type_ids are ignored)."""
+def forward(params, tokens: Tokens, *, config: ModernBertConfig, num_layers: Optional[int] = None,
+            dtype: Dtype = jnp.float32, deterministic: bool = True, dropout_rng: Optional[jax.Array] = None,
+            remat: bool | str = False, row_ids=None) -> EncoderOutput:
+  """Runs the encoder (the arguments of `bert.forward`; token_type_ids are ignored)."""
   encoder_params = params["encoder"] if "encoder" in params else params
   rngs = None if deterministic else {"dropout": dropout_rng}
-  return ModernBertEncoder(config, dtype, remat).apply(
-      {"params": encoder_params}, input_ids, attention_mask, num_layers=num_layers, deterministic=deterministic,
-      row_ids=row_ids, segment_ids=segment_ids, position_ids=position_ids, num_texts=num_texts, rngs=rngs)
+  return ModernBertEncoder(config, dtype, remat).apply({"params": encoder_params}, tokens, num_layers=num_layers,
+                                                       deterministic=deterministic, row_ids=row_ids, rngs=rngs)
+
+
+def apply(params, input_ids, attention_mask=None, token_type_ids=None, **options) -> EncoderOutput:
+  """`forward` over loose arrays (`ModelFamily.apply`)."""
+  return FAMILY.apply(params, input_ids, attention_mask, token_type_ids, **options)
 
 
 def embed(params, input_ids, token_type_ids=None, *, config: ModernBertConfig, dtype: Dtype = jnp.float32,
@@ -216,8 +184,8 @@ def apply_layer(layer_params, x, attention_mask, *, config: ModernBertConfig, dt
   the final norm (`layer_params["final_norm"]`), since the MLM head reads normed states (`first_layer`)."""
   rngs = None if deterministic else {"dropout": dropout_rng}
   layer = {k: v for k, v in layer_params.items() if k != "final_norm"}
-  inputs = (attention_mask_of(attention_mask, segment_ids),
-            _positions(jnp.zeros(x.shape[:2], jnp.int32), position_ids))
+  positions = Tokens.padded(jnp.zeros(x.shape[:2], jnp.int32)).position_ids if position_ids is None else position_ids
+  inputs = (attention_mask_of(attention_mask, segment_ids), positions)
   y = EncoderLayer(config, 0, dtype).apply({"params": layer}, x.astype(dtype), inputs, deterministic, rngs=rngs)
   y = _layer_norm(config, dtype, "final_norm").apply({"params": layer_params["final_norm"]}, y)
   return constrain_activations(y)
@@ -231,8 +199,8 @@ def first_layer(encoder_params: dict) -> dict:
 def init_encoder_params(config: ModernBertConfig, rng: jax.Array) -> dict:
   """Random encoder parameters: normal(initializer_range) weights, LayerNorm scales 1. (transformers draws a
   truncated normal with smaller output projections; either is a start for pre-training, not a model.)"""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  return jax.jit(lambda r: ModernBertEncoder(config).init(r, ids)["params"])(rng)
+  tokens = Tokens.padded(jnp.zeros((1, 2), jnp.int32))
+  return jax.jit(lambda r: ModernBertEncoder(config).init(r, tokens)["params"])(rng)
 
 
 def init_params(config: ModernBertConfig, rng: jax.Array, *, with_mlm_head: bool = False) -> dict:
@@ -244,11 +212,11 @@ def init_params(config: ModernBertConfig, rng: jax.Array, *, with_mlm_head: bool
   return params
 
 
+MLM = MlmSupport(embed=embed, apply_layer=apply_layer,
+                 word_embeddings=lambda params: params["encoder"]["embeddings"]["word_embeddings"]["embedding"],
+                 first_layer=first_layer)
+
 FAMILY = ModelFamily(
-    name="modernbert", config_class=ModernBertConfig, apply=apply, embed=embed, apply_layer=apply_layer,
-    init_params=init_params, init_pooler_params=lambda config, rng: {},
-    word_embeddings=lambda params: params["encoder"]["embeddings"]["word_embeddings"]["embedding"],
-    first_layer=first_layer,
-    keep_layers=lambda encoder_params, n: {k: v for k, v in encoder_params.items()
-                                           if not k.startswith("layer_") or int(k.split("_")[1]) < n},
-    hf_names=modernbert_names.HF_NAMES, param_axes=modernbert_names.PARAM_AXES)
+    name="modernbert", config_class=ModernBertConfig, forward=forward, init_params=init_params,
+    init_pooler_params=lambda config, rng: {}, keep_layers=keep_first_layers,
+    hf_names=modernbert_names.HF_NAMES, param_axes=modernbert_names.PARAM_AXES, default_pooling="cls", mlm=MLM)

@@ -44,6 +44,11 @@ def family_of(config: EncoderConfig) -> ModelFamily:
   return family_for_type(config.model_type, f"a {type(config).__name__}")
 
 
+def pooling_or_default(pooling: str | None, config: EncoderConfig) -> str:
+  """`pooling` when a folder or run names one, else the config's family's default."""
+  return pooling or family_of(config).default_pooling
+
+
 def config_from_hf_dict(hf: dict[str, Any], source: str = "config.json") -> EncoderConfig:
   """The config of whichever family `hf["model_type"]` names."""
   return family_for_type(hf.get("model_type"), source).config_class.from_hf_dict(hf, source=source)

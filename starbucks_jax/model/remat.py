@@ -5,24 +5,21 @@
   "dots"  a layer keeps the outputs of its dense layers (`dots_with_no_batch_dims_saveable`) and
           recomputes the rest in the backward pass: bias adds, GELU, LayerNorm, dropout and the whole
           attention core (scores, softmax, dropout, context), all cheap next to the dense products;
-  "full"  a layer keeps only its input and recomputes everything (the least memory, about 10-20% slower).
+  "full"  a layer keeps only its input and recomputes everything (the least memory, the slowest).
 True and False are accepted for "full" and "none", the option's meanings when it was a boolean.
 
-Measured on the 2-core CPU (bench/srl_step.py, dropout 0.1), peak above resting / step time against "none":
-MiniLM 32 x (1+2) x 32 tokens 645 -> 425 MiB ("dots", same time) or 240 MiB ("full", +20%); BERT-base
-16 x 3 x 64 tokens 2486 -> 1408 MiB ("dots", same time) or 831 MiB ("full", +10%).
+Each policy's peak memory and step time, measured with bench/srl_step.py: BENCHMARKS.md, "Step memory".
 
 Two things make remat work on XLA:CPU (`apply_layer`):
 - The recomputation is tied to the layer's output cotangent. JAX keeps a rematerialised computation apart
   from the forward pass with optimization barriers, but XLA:CPU removes those before its CSE and
   scheduling: the recomputed values were merged with the forward ones or computed before the backward
-  pass began, and `nn.remat` saved no memory at all (the MiniLM step's temporaries: 636 MiB with full
-  remat, 635 without). Here the backward pass adds 0 * (one element of the cotangent) to every
-  floating residual before it recomputes, a data dependence no compiler pass removes; the values are
+  pass began, and `nn.remat` saved no memory at all (BENCHMARKS.md, "Step memory"). Here the backward
+  pass adds 0 * (one element of the cotangent) to every floating residual before it recomputes, a data dependence no compiler pass removes; the values are
   unchanged (a non-finite cotangent makes the gradients non-finite either way, and the step is skipped).
 - The step is compiled with XLA's default CPU schedule when remat is on (`training/step.py`
   `compiler_options`): the memory-optimised one left the weight-gradient products of every layer to the
-  end of the backward pass, keeping every layer's recomputed activations live (734 MiB with "dots").
+  end of the backward pass, keeping every layer's recomputed activations live.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The TPU's fused attention kernel (Pallas splash attention) for this project's attention: bidirectional,
-each token attending within its own segment, and optionally within a sliding window.
+"""The TPU's fused attention kernel (Pallas splash attention) for this project's attention:
+each token attending within its own segment, optionally within a sliding window and in causal order.
 
 Which attention runs is read from the environment while a forward pass is traced (`kernel_mode`): a
 setting holds for what is traced after it is made (JAX reuses a function's earlier traces), and any value
 but these four is an error:
 
   STARBUCKS_ATTENTION=auto              the default: the kernel on a TPU backend where it applies, XLA
-                                        elsewhere (bert.attend's dense path, unchanged)
+                                        elsewhere (layers/attention.attend's dense path, unchanged)
   STARBUCKS_ATTENTION=xla               XLA everywhere
   STARBUCKS_ATTENTION=splash            the kernel where it applies; on another backend an error (Mosaic
                                         compiles it for TPUs only)
@@ -72,18 +72,21 @@ def applies(batch: int, length: int, dropout: bool) -> bool:
   return length % BLOCK == 0 and not dropout and batch % _batch_devices() == 0
 
 
-def segment_attention(q, k, v, segment_ids, *, window: Optional[int] = None, interpret: bool = False):
+def segment_attention(q, k, v, segment_ids, *, window: Optional[int] = None, causal: bool = False,
+                      scale: Optional[float] = None, interpret: bool = False):
   """Softmax attention of q over k, v ([batch, length, heads, head_dim]) where a query and a key share a
-  segment id (`segment_ids` [batch, length]) and, with `window`, are at most `window` positions apart."""
+  segment id (`segment_ids` [batch, length]), with `window` at most `window` positions apart, and with
+  `causal` the key at or before the query; the scores scaled by `scale` (default head_dim ** -0.5)."""
   batch, length, heads, head_dim = q.shape
-  kernel = _kernel(length, heads, window, interpret)
+  kernel = _kernel(length, heads, window, causal, interpret)
+  scale = head_dim ** -0.5 if scale is None else scale
   heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # the kernel takes [heads, length, head_dim] per example
 
   def one(q, k, v, ids):
     return kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(q=ids, kv=ids))
 
   def run(q, k, v, ids):
-    scaled = q * jnp.asarray(head_dim ** -0.5, q.dtype)
+    scaled = q * jnp.asarray(scale, q.dtype)
     return heads_first(jax.vmap(one)(heads_first(scaled), heads_first(k), heads_first(v), ids))
 
   axes = _batch_axes()
@@ -95,10 +98,13 @@ def segment_attention(q, k, v, segment_ids, *, window: Optional[int] = None, int
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(length: int, heads: int, window: Optional[int], interpret: bool):
-  """The kernel for one shape, window and mode: building it walks the mask block by block in numpy."""
+def _kernel(length: int, heads: int, window: Optional[int], causal: bool, interpret: bool):
+  """The kernel for one shape, window, order and mode: building it walks the mask block by block in numpy."""
   shape = (length, length)
-  one = mask_lib.FullMask(shape) if window is None else mask_lib.LocalMask(shape, (window, window), offset=0)
+  if window is not None:
+    one = mask_lib.LocalMask(shape, (window, 0 if causal else window), offset=0)
+  else:
+    one = mask_lib.CausalMask(shape) if causal else mask_lib.FullMask(shape)
   block = next(size for size in (512, 256, BLOCK) if length % size == 0)  # 512: MaxText's default
   sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                 block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,

@@ -44,12 +44,12 @@ class ModelOptions:
 
   Attributes:
     name: a Hugging Face folder or hub name; "minilm" = the packaged all-MiniLM-L6-v2.
-    pooling: "mean" | "cls".
+    pooling: a kind of `model/pooling.POOLINGS` ("mean", "cls", "last").
     dtype: compute dtype, "float32" | "bfloat16" (parameters stay float32).
     remat: what each encoder layer recomputes in the backward pass (`model/remat.py`): "dots" (the
-      default: keeps the dense layers' outputs, recomputes the rest; 35-43% less peak memory than "none"
-      at the same step time on the CPU), "none", or "full" (the least memory, 10-20% slower). True and
-      False still mean "full" and "none".
+      default: keeps the dense layers' outputs, recomputes the rest; less peak memory than "none" at
+      about the same step time), "none", or "full" (the least memory, the slowest); the figures:
+      BENCHMARKS.md, "Step memory". True and False still mean "full" and "none".
     hidden_dropout, attention_dropout: None keeps the model config's rate; 0 turns it off.
   """
   name: str = "bert-base-uncased"

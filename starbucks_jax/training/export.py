@@ -25,6 +25,7 @@ from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import TOKENIZER_FILES
 from starbucks_jax.hf.save import save_pretrained
+from starbucks_jax.model.registry import pooling_or_default
 from starbucks_jax.runtime import outputs, workdir as workdir_lib
 from starbucks_jax.runtime.workdir import ModelSource, ServingSettings
 
@@ -76,7 +77,7 @@ def write_export(params: dict, config, tokenizer_dir: Path, output, *, serving: 
     raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
   try:
     save_pretrained(staging, params, config, tokenizer_dir=tokenizer_dir, num_layers=num_layers,
-                    pooling=serving.pooling or "cls",
+                    pooling=pooling_or_default(serving.pooling, config),
                     max_seq_length=serving.max_seq_length or config.max_text_length,
                     normalize=serving.normalize, with_mlm_head=serving.mlm_head)
     _upload(output, staging) if remote else _replace(output, staging)

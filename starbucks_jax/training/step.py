@@ -39,10 +39,9 @@ def compiler_options(remat: bool | str = False) -> dict | None:
   On the CPU without remat, the memory-minimising scheduler: XLA:CPU's default (concurrency-optimised)
   schedule computes broadcasts and parameter copies first and keeps them through the step (the zeros of
   the word embeddings' gradient, every LayerNorm scale broadcast to [rows, length, hidden]); the MiniLM
-  SRL step's temporaries went from 862 to 666 MiB with it. With remat, the default schedule: the
-  memory-minimising one puts off every layer's weight-gradient products to the end of the backward
-  pass, which keeps every layer's recomputed activations live (MiniLM "dots": 734 MiB of temporaries
-  against 419 with the default schedule).
+  SRL step's temporaries shrink with it. With remat, the default schedule: the memory-minimising one
+  puts off every layer's weight-gradient products to the end of the backward pass, which keeps every
+  layer's recomputed activations live (BENCHMARKS.md, "Step memory", has both measurements).
   """
   if jax.default_backend() == "cpu" and remat_policy(remat) == "none":
     return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
@@ -110,7 +109,7 @@ def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation,
 
   # A cond, not jnp.where(finite, new, old) over the trees: with the where, XLA copied every Adam
   # moment before the step (the new parameters read the old moments, which the donated outputs
-  # overwrite), 172 MiB at MiniLM, live through the whole step.
+  # overwrite), live through the whole step (BENCHMARKS.md, "Step memory").
   new_params, new_opt_state = jax.lax.cond(finite, update, lambda params, opt_state, grads: (params, opt_state),
                                            state.params, state.opt_state, grads)
   new_state = state.replace(

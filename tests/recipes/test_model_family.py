@@ -74,3 +74,34 @@ def test_registered_family_trains_and_exports_under_its_own_names(registered, re
   reloaded = load_pretrained(summary["export"])  # the export reads back through the same family
   assert reloaded.config.num_hidden_layers == 4
 
+
+
+@pytest.fixture
+def registered_without_mlm():
+  """The renamed family declaring no MLM head and last-token pooling: what a decoder family says of itself."""
+  import dataclasses
+  from starbucks_jax.model import registry
+  registry.register(dataclasses.replace(renamed_bert.FAMILY, mlm=None, default_pooling="last"))
+  yield
+  del registry.FAMILIES[renamed_bert.MODEL_TYPE]
+
+
+def test_a_family_says_what_it_can_do(registered_without_mlm, renamed_folder, tmp_path):
+  """Without an MLM head, SMAE is refused with one error line before anything loads; its default pooling
+  is what an encoder of a folder without sentence-transformers files pools by."""
+  from starbucks_jax.errors import StarbucksError
+  from starbucks_jax.inference.encoder import Encoder
+  from starbucks_jax.training.defaults import smae_base_config
+  folder, _ = renamed_folder
+  config = smae_base_config()
+  config.model.name = str(folder)
+  config.data.source = str(tmp_path / "never_read.txt")
+  with pytest.raises(StarbucksError, match="SMAE pre-training .* needs a masked-LM head, and the renamed_bert family has none"):
+    run_train(config, tmp_path / "smae")
+  assert not (tmp_path / "smae" / "checkpoints").exists()
+  encoder = Encoder.from_pretrained(folder, max_length=32)
+  assert encoder.default_pooling == "last"
+  texts = ["a man plays a guitar", "two dogs"]
+  # Layer 1: the random model's last layers make every token's state nearly alike.
+  np.testing.assert_array_equal(encoder.encode(texts, layer=1), encoder.encode(texts, layer=1, pooling="last"))
+  assert np.abs(encoder.encode(texts, layer=1) - encoder.encode(texts, layer=1, pooling="cls")).max() > 1e-2

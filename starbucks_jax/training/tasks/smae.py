@@ -21,6 +21,7 @@ from starbucks_jax.hf.load import load_tokenizer
 from starbucks_jax.losses.smae import SmaeSpec, init_decoder_params, smae_loss
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.mlm_head import init_mlm_head_params
+from starbucks_jax.model.registry import family_of
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, ModelOptions, TrainConfig
 from starbucks_jax.training.optim import OptimizerConfig
@@ -72,6 +73,7 @@ def make_smae_spec(config: TrainConfig, model_config: EncoderConfig) -> SmaeSpec
 
 
 def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
+  family_of(model_config).require_mlm("SMAE pre-training (task=smae)")  # before anything loads
   spec = make_smae_spec(config, model_config)
   if config.grad_cache.enabled:
     raise StarbucksError("grad_cache is for SRL's in-batch negatives; SMAE's masked-LM losses couple no "
