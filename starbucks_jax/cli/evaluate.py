@@ -18,6 +18,9 @@ data set over layers x dims next to it: `<output stem>_<data set>.png`.
 (`evaluation/cost.py`: encoding time per layer count, FLOPs, bytes per vector, search time) and writes
 the cost-quality frontier beside the results (`evaluation/frontier.py`): `<stem>_frontier.md`,
 `<stem>_frontier.json` and `<stem>_frontier_<data set>.png`.
+
+`--query-prompt` / `--passage-prompt` go before every query / passage (STS: the query prompt before both
+sentences), as sentence-transformers' prompts; they default to the model's own (`data/prompts.py`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def parse_args(argv):
                      "five largest powers of two below the hidden size, then the hidden size)")
   which.add_argument("--grid", action="store_true", help="every layer with every default dim")
   flags.add_encoding_flags(p, queries_and_passages=True)
+  flags.add_prompt_flags(p)
   flags.add_search_flags(p, sts=True)
   p.add_argument("--precision", nargs="+", default=["float32"], metavar="P",
                  help="vector precisions scored at every size: float32 (always), int8, binary")
@@ -97,10 +101,11 @@ def main(argv=None) -> None:
            else pairs_lib.default_pairs(config))
   pairs_lib.check_pairs(config, pairs)
   query_max_length, passage_max_length = flags.query_passage_lengths(args)
+  query_prompt, passage_prompt = flags.query_passage_prompts(args, source.serving().prompts)
   options = EvalOptions(pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
                         query_max_length=query_max_length, passage_max_length=passage_max_length,
                         similarity=args.similarity, chunk_size=args.chunk_size, split=args.split, show_progress=True,
-                        packing=args.packing,
+                        packing=args.packing, query_prompt=query_prompt, passage_prompt=passage_prompt,
                         precisions=precisions, model_name=_model_name(source), model_revision=_revision(source),
                         mteb_folder=str(output.with_name(f"{output.stem}_mteb")) if args.mteb else None)
   _evaluate(source, paths, pairs, options, args.dtype, output, config.num_hidden_layers, cost_options)

@@ -9,6 +9,8 @@ the workdir's `model/` folder describes the model, and the run's pooling, max le
 come with it. An SMAE pre-training run exports as `BertForMaskedLM`, MLM head included.
 
 With `--num-layers n` the folder is a standalone n-layer model (a small size of a 2D Matryoshka model).
+A LoRA run exports merged (its adapters added into the base); `--adapters-only` writes its adapters alone,
+in PEFT's layout (`adapter_model.safetensors`, `adapter_config.json`: `training/lora_export.py`).
 The output folder must be new or empty; --overwrite replaces a previous export (a folder holding only an
 export's files), never anything else: not the model's own folder or workdir, nor a folder holding it.
 """
@@ -36,6 +38,8 @@ def parse_args(argv):
   p.add_argument("--normalize", action="store_true", help="add sentence-transformers' Normalize module")
   p.add_argument("--with-mlm-head", action="store_true", help="write a BertForMaskedLM folder, MLM head included")
   p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+  p.add_argument("--adapters-only", action="store_true", help="a LoRA workdir: write its adapters alone (PEFT's "
+                 "layout) instead of the merged model")
   return p.parse_args(argv)
 
 
@@ -56,6 +60,8 @@ def main(argv=None) -> None:
   if source.workdir and (args.pooling or args.max_seq_length or args.normalize or args.with_mlm_head):
     raise StarbucksError("with a workdir, pooling, max length and normalisation come from the run; "
                          "--pooling, --max-seq-length, --normalize and --with-mlm-head apply to a model folder only")
+  if args.adapters_only:
+    return _export_adapters(args, source, output)
   from starbucks_jax.training.export import check_export_output, export_model
   check_export_output(output, overwrite=args.overwrite, source=source)
   export_model(source, output, num_layers=args.num_layers, overwrite=args.overwrite, pooling=args.pooling,
@@ -63,6 +69,15 @@ def main(argv=None) -> None:
   config = source.config()
   print(f"wrote {output} from {source.name}: {args.num_layers or config.num_hidden_layers} of "
         f"{config.num_hidden_layers} layers, hidden {config.hidden_size}")
+
+
+def _export_adapters(args, source, output) -> None:
+  if args.num_layers or args.pooling or args.max_seq_length or args.normalize or args.with_mlm_head:
+    raise StarbucksError("--adapters-only writes the adapters of the whole model; --num-layers, --pooling, "
+                         "--max-seq-length, --normalize and --with-mlm-head apply to a merged export")
+  from starbucks_jax.training.lora_export import export_adapters
+  export_adapters(source, output, overwrite=args.overwrite)
+  print(f"wrote {output} from {source.name}: the LoRA adapters alone (PEFT's layout)")
 
 
 def run() -> None:

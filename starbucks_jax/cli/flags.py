@@ -1,6 +1,7 @@
 """The flags the commands share, each declared once, with one help text: which model (`add_model_flags`),
-which (layer, dim) size (`add_size_flags`), how texts are encoded (`add_encoding_flags`) and how a corpus
-is searched (`add_search_flags`). A command whose flag genuinely differs passes a parameter."""
+which (layer, dim) size (`add_size_flags`), how texts are encoded (`add_encoding_flags`), the prompts put
+before queries and passages (`add_prompt_flags`) and how a corpus is searched (`add_search_flags`). A command
+whose flag genuinely differs passes a parameter."""
 
 from __future__ import annotations
 
@@ -78,6 +79,25 @@ def query_passage_lengths(args) -> tuple[int, int]:
   fallback = getattr(args, "max_length", None)
   return (args.query_max_length or fallback or QUERY_MAX_LENGTH,
           args.passage_max_length or fallback or PASSAGE_MAX_LENGTH)
+
+
+def add_prompt_flags(parser, *, older_names: bool = False) -> None:
+  """--query-prompt and --passage-prompt (`data/prompts.py`); older_names: also as --query-prefix and
+  --passage-prefix, mine's first names for them. Unset, they parse to None: `query_passage_prompts`."""
+  for kind, example in (("query", "'query: '"), ("passage", "'passage: '")):
+    names = [f"--{kind}-prompt"] + ([f"--{kind}-prefix"] if older_names else [])
+    parser.add_argument(*names, dest=f"{kind}_prompt", metavar="TEXT",
+                        help=f"put before every {kind} (e.g. {example}; '' for none; default: the model's own "
+                        f"{'query' if kind == 'query' else 'document'} prompt, from a workdir's run or a folder's "
+                        "sentence-transformers prompts, else none)")
+
+
+def query_passage_prompts(args, model_prompts) -> tuple[str, str]:
+  """(query, passage) prompts of parsed flags: each given one, else the model's (`model_prompts`: its
+  sentence-transformers prompts), so that a model trained with prompts is used with them."""
+  from starbucks_jax.data import prompts
+  return (prompts.query_prompt_of(model_prompts) if args.query_prompt is None else args.query_prompt,
+          prompts.document_prompt_of(model_prompts) if args.passage_prompt is None else args.passage_prompt)
 
 
 def add_search_flags(parser, *, sts: bool = False) -> None:

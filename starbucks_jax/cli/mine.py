@@ -10,6 +10,10 @@ of its positives (by id or identical text); from its candidates ranked range-min
 within a margin of its positive score are dropped and --num-negatives are drawn (seeded). Writes the
 groups (query_id, query, positive_passages, negative_passages), which `train` reads with
 data.train_group_size, and a summary beside them (<output stem>.summary.json).
+
+--query-prompt / --passage-prompt (first named --query-prefix / --passage-prefix) go before every query /
+passage as the model's prompts do (`data/prompts.py`); they default to the model's own: a training
+workdir's run's prompts, or a folder's sentence-transformers prompts. The groups keep the texts as they are.
 """
 
 from __future__ import annotations
@@ -43,8 +47,7 @@ def parse_args(argv):
   p.add_argument("--sampling", choices=SAMPLINGS, default="random", help="random (seeded) or top candidates")
   p.add_argument("--seed", type=int, default=0)
   flags.add_encoding_flags(p, max_length=False, queries_and_passages=True)
-  p.add_argument("--query-prefix", default="", help="put before every query (e.g. 'query: ')")
-  p.add_argument("--passage-prefix", default="", help="put before every passage")
+  flags.add_prompt_flags(p, older_names=True)  # --query-prefix, --passage-prefix: their first names
   flags.add_search_flags(p)
   p.add_argument("--faiss", metavar="FACTORY", help="search a FAISS index instead (factory string: Flat, "
                  "SQ8, IVF4096,PQ32, ...), filled shard by shard for corpora whose vectors do not fit")
@@ -103,9 +106,10 @@ def main(argv=None) -> None:
   from starbucks_jax.mining.training_queries import read_training_queries
   queries = read_training_queries(args.train, args.kind, args.max_examples)
   corpus = load_corpus(args.corpus) if args.corpus else mine.corpus_from_training(queries)
+  query_prompt, passage_prompt = flags.query_passage_prompts(args, source.serving().prompts)
   settings = mine.MineSettings(layer=layer, dim=dim, pooling=args.pooling, similarity=args.similarity,
                                query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
-                               query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
+                               query_prompt=query_prompt, passage_prompt=passage_prompt,
                                batch_size=args.batch_size, packing=args.packing, chunk_size=args.chunk_size,
                                faiss=args.faiss,
                                nprobe=args.nprobe, show_progress=True)
@@ -117,6 +121,7 @@ def main(argv=None) -> None:
                         pooling=args.pooling or encoder.default_pooling, similarity=args.similarity,
                         train=args.train, corpus_source=args.corpus or "the training file's passages",
                         query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
+                        query_prompt=query_prompt, passage_prompt=passage_prompt,
                         search=f"faiss {args.faiss}" if args.faiss else "exact")
   mine.write_result(result, output, summary_file)
   _print_summary(result.summary, output, summary_file)

@@ -49,7 +49,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax import config_blocks
-from starbucks_jax.data import packing, schemas, sources
+from starbucks_jax.data import packing, prompts, schemas, sources
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import as_passages
 from starbucks_jax.errors import StarbucksError
@@ -73,10 +73,9 @@ class DataConfig:
       sentence2, score), "tevatron" (query, positive_passages[, negative_passages]), or "auto" to decide
       from the column names. "query" may replace "anchor".
     train_group_size: Tevatron only: passages per query, 1 positive and train_group_size - 1 negatives.
-    query_max_length: queries are truncated to this many tokens, [SEP] kept.
-    passage_max_length: the same for passages.
-    query_prefix: put before every query text (Tevatron's "query: ", say).
-    passage_prefix: put before every passage text.
+    query_max_length, passage_max_length: queries / passages are truncated to this many tokens, [SEP] kept.
+    query_prompt, passage_prompt: put before every query / passage text, as sentence-transformers' prompts (their
+      tokens count in the max lengths; "" = none; scored pairs: the query's on both; `prompts.py`); or *_prefix.
     tfds_data_dir: where TFDS data sets are prepared (TFDS's default when None).
     max_examples: use only the first this many rows (quick runs).
     same_length: pad queries and passages of a batch to one length (the larger of their two), so the
@@ -94,6 +93,8 @@ class DataConfig:
   train_group_size: int = 8
   query_max_length: int = 128
   passage_max_length: int = 128
+  query_prompt: str = ""
+  passage_prompt: str = ""
   query_prefix: str = ""
   passage_prefix: str = ""
   tfds_data_dir: str | None = None
@@ -115,6 +116,7 @@ class DataConfig:
     if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
       raise StarbucksError(f"data.max_examples must be None or a positive integer, got {self.max_examples!r}")
     packing.check_settings(self.pack_length, self.pack_rows)
+    prompts.data_prompts(self)  # strings, and an older name agreeing with the new
     longest = max(self.query_max_length, self.passage_max_length)
     if self.pack_length is not None and self.pack_length < longest:
       raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than the longest text allowed "
@@ -183,6 +185,7 @@ class TrainData(HostBatches):
                                     max_examples=config.max_examples)
     self.schema = schemas.resolve_schema(self.table, config.kind)
     self.kind = self.schema.kind
+    self.query_prompt, self.passage_prompt = prompts.data_prompts(config, scored=self.schema.score is not None)
     passage_counts = self.table.check(self.schema.checks())
     self.num_examples = len(self.table)
     if self.num_examples < self.global_batch_size:
@@ -201,10 +204,8 @@ class TrainData(HostBatches):
 
   def _report_fill(self, negative_counts: np.ndarray | None) -> None:
     wanted = self.group_size - 1
-    if wanted == 0:
-      return
     short = self.num_examples if negative_counts is None else int(np.sum(negative_counts < wanted))
-    if short:
+    if wanted and short:
       log.warning("%s: %d of %d queries have fewer than %d hard negatives; their groups are filled with "
                   "positive passages of other queries, drawn at random (never the query's own "
                   "positives)", self.table.name, short, self.num_examples, wanted)
@@ -215,7 +216,6 @@ class TrainData(HostBatches):
 
   def texts(self, step: int) -> tuple[list[str], list[str], np.ndarray | None]:
     """(queries, passages, scores or None) of this host's rows of batch `step`."""
-    b = self.local_batch_size
     rows = self.host_rows(self.example_indices(step))
     epoch = int(step) // self.steps_per_epoch
     s, scores = self.schema, None
@@ -226,10 +226,10 @@ class TrainData(HostBatches):
       values = self.table.read(rows, columns)
       queries = values[s.query]
       passage_columns = [c for c in (s.positive, s.negative) if c]
-      passages = [self.config.passage_prefix + values[c][i] for i in range(b) for c in passage_columns]
+      passages = [self.passage_prompt + values[c][i] for i in range(len(rows)) for c in passage_columns]
       if s.score:
         scores = np.asarray([float(v) for v in values[s.score]], np.float32)
-    return [self.config.query_prefix + q for q in queries], passages, scores
+    return [self.query_prompt + q for q in queries], passages, scores
 
   def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
     return self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
@@ -298,7 +298,7 @@ class TrainData(HostBatches):
   def _passage_text(self, passage: Mapping) -> str:
     # Tevatron's format: title + " " + text when there is a title.
     title = (passage.get("title") or "").strip()
-    return self.config.passage_prefix + (f"{title} {passage['text']}" if title else passage["text"])
+    return self.passage_prompt + (f"{title} {passage['text']}" if title else passage["text"])
 
   def _group_texts(self, rows: np.ndarray, epoch: int) -> tuple[list[str], list[str]]:
     """Queries and their groups: a positive, then negatives drawn by rng([seed, epoch, row])."""

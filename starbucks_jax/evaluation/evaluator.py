@@ -30,6 +30,8 @@ class EvalOptions:
       a quantized precision's metrics are named "<metric>/<precision>" ("spearman/int8").
     mteb_folder: where MTEB writes its result files (`mteb_tasks.py`); None: nowhere kept.
     model_name, model_revision: the model's name and revision in MTEB's results.
+    query_prompt, passage_prompt: put before every query / passage (`data/prompts.py`); STS sentences, the two
+      sides of a symmetric task, both take the query prompt. "" = none.
   """
   pooling: str | None = None
   batch_size: int = 32
@@ -45,6 +47,8 @@ class EvalOptions:
   mteb_folder: str | None = None
   model_name: str = "model"
   model_revision: str = "local"
+  query_prompt: str = ""
+  passage_prompt: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,10 +118,12 @@ class LayerCache:
     if missing:
       max_length = {"query": self.options.query_max_length, "document": self.options.passage_max_length}.get(
           kind, self.options.max_length)
+      # STS ("text") is symmetric: both sentences take the query prompt, as our own STS evaluator does.
+      prompt = self.options.passage_prompt if kind == "document" else self.options.query_prompt
       encoded = self.encoder.encode_layers(missing, layers=self.layers, pooling=self.options.pooling,
                                            batch_size=self.options.batch_size, max_length=max_length,
                                            show_progress=self.options.show_progress,
-                                           packing=self.options.packing)
+                                           packing=self.options.packing, prompt=prompt)
       stacked = np.stack([encoded[n] for n in self.layers], axis=1)
       store.update(zip(missing, stacked))
       self.encoded += len(missing)

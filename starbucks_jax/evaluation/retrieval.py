@@ -81,17 +81,18 @@ def search(queries: np.ndarray, corpus: np.ndarray, *, k: int = RETRIEVAL_DEPTH,
 
 def evaluate_beir(encoder, beir: BeirSet, pairs: Sequence[Pair], *, pooling=None, query_max_length=32,
                   passage_max_length=256, batch_size=32, similarity="cosine", chunk_size=8192,
-                  show_progress=None, precisions=("float32",), packing=False) -> dict[str, dict[str, float]]:
+                  show_progress=None, precisions=("float32",), packing=False, query_prompt="",
+                  passage_prompt="") -> dict[str, dict[str, float]]:
   """{"n,d": {"ndcg@10", "mrr@10", "recall@100", and "ndcg@10/int8" ... per quantized precision}} from
-  exact search at each pair."""
+  exact search at each pair; the prompts go before every query and every passage (`data/prompts.py`)."""
   import ir_measures
   from ir_measures import RR, R, nDCG
   layers = sorted({n for n, _ in pairs})
   log.info("%s: encoding %d queries and %d passages", beir.name, len(beir.queries), len(beir.passages))
   encode = functools.partial(encoder.encode_layers, layers=layers, pooling=pooling, batch_size=batch_size,
                              show_progress=show_progress, packing=packing)
-  queries = encode(beir.queries, max_length=query_max_length)
-  corpus = encode(beir.passages, max_length=passage_max_length)
+  queries = encode(beir.queries, max_length=query_max_length, prompt=query_prompt)
+  corpus = encode(beir.passages, max_length=passage_max_length, prompt=passage_prompt)
   measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
   chunked = functools.partial(search, chunk_size=chunk_size)
   results = {}
@@ -112,7 +113,8 @@ def _evaluate(encoder, beir: BeirSet, pairs, options: EvalOptions):
                        passage_max_length=options.passage_max_length, batch_size=options.batch_size,
                        similarity=options.similarity, chunk_size=options.chunk_size,
                        show_progress=options.show_progress, precisions=options.precisions,
-                       packing=options.packing)
+                       packing=options.packing, query_prompt=options.query_prompt,
+                       passage_prompt=options.passage_prompt)
 
 
 EVALUATOR = Evaluator(

@@ -24,16 +24,17 @@ METRICS = ("spearman", "pearson")
 
 def evaluate_sts(encoder, sts: StsSet, pairs: Sequence[Pair], *, pooling=None, max_length=None,
                  batch_size=32, show_progress=None, precisions=("float32",),
-                 packing=False) -> dict[str, dict[str, float]]:
+                 packing=False, prompt="") -> dict[str, dict[str, float]]:
   """{"n,d": {"spearman", "pearson", and "spearman/int8" ... per quantized precision}} (x100) of the pairs'
-  cosine similarity against the gold scores."""
+  cosine similarity against the gold scores. `prompt` goes before both sentences of every pair (one prompt
+  for a symmetric task: the query prompt, `data/prompts.py`)."""
   from scipy import stats
   texts = list(dict.fromkeys(sts.sentence1 + sts.sentence2))  # each distinct sentence encoded once
   row = {text: i for i, text in enumerate(texts)}
   log.info("%s: encoding %d sentences", sts.name, len(texts))
   vectors = encoder.encode_layers(texts, layers=sorted({n for n, _ in pairs}), pooling=pooling,
                                   batch_size=batch_size, max_length=max_length, show_progress=show_progress,
-                                  packing=packing)
+                                  packing=packing, prompt=prompt)
   left, right = [row[t] for t in sts.sentence1], [row[t] for t in sts.sentence2]
   results = {}
   for layer, dim in pairs:
@@ -55,7 +56,7 @@ def evaluate_sts(encoder, sts: StsSet, pairs: Sequence[Pair], *, pooling=None, m
 def _evaluate(encoder, sts: StsSet, pairs, options: EvalOptions):
   return evaluate_sts(encoder, sts, pairs, pooling=options.pooling, max_length=options.max_length,
                       batch_size=options.batch_size, show_progress=options.show_progress,
-                      precisions=options.precisions, packing=options.packing)
+                      precisions=options.precisions, packing=options.packing, prompt=options.query_prompt)
 
 
 EVALUATOR = Evaluator(

@@ -21,6 +21,7 @@ from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import convert
 from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.dense_head import KEY as DENSE_HEAD, ST_IDENTITY
 from starbucks_jax.model.pooling import POOLINGS, from_st_mode
 from starbucks_jax.model.registry import read_config
 
@@ -36,7 +37,7 @@ HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "pytorch_model.bin", "1_Pool
 @dataclasses.dataclass
 class PretrainedModel:
   config: EncoderConfig
-  params: dict  # {"encoder", "pooler", optional "mlm_head"}, float32
+  params: dict  # {"encoder", "pooler", optional "mlm_head" and "dense_head"}, float32
   model_dir: Path
   pooling: str | None  # what the folder's sentence-transformers config names, if anything
   max_seq_length: int | None
@@ -112,8 +113,10 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
-def read_sentence_transformers_settings(model_dir: Path) -> tuple[str | None, int | None]:
-  """(pooling, max_seq_length) from the folder's sentence-transformers files; None where absent."""
+def read_sentence_transformers_settings(model_dir: Path) -> tuple[str | None, int | None, dict[str, str]]:
+  """(pooling, max_seq_length, prompts) from the folder's sentence-transformers files; None (no prompts: {})
+  where absent. The prompts ("query", "document", ...) are what `encode_query` / `encode_document` put before
+  each text: a model trained with them embeds with them (`data/prompts.py`)."""
   pooling = None
   modules_file = model_dir / "modules.json"
   if modules_file.is_file():
@@ -125,7 +128,19 @@ def read_sentence_transformers_settings(model_dir: Path) -> tuple[str | None, in
   sbert = model_dir / "sentence_bert_config.json"
   if sbert.is_file():
     max_seq_length = json.loads(sbert.read_text()).get("max_seq_length")
-  return pooling, max_seq_length
+  prompts, st_config = {}, model_dir / "config_sentence_transformers.json"
+  if st_config.is_file():
+    prompts = read_prompts(json.loads(st_config.read_text()).get("prompts"), str(st_config))
+  return pooling, max_seq_length, prompts
+
+
+def read_prompts(value, source: str) -> dict[str, str]:
+  """A `prompts` entry (sentence-transformers' config, a run's settings) checked: {name: text}; None: {}."""
+  if value is None:
+    return {}
+  if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    raise StarbucksError(f"{source}: \"prompts\" must map names to texts, got {value!r:.80}")
+  return dict(value)
 
 
 def _pooling_from_st_config(cfg: dict) -> str | None:
@@ -150,9 +165,51 @@ def load_pretrained(name_or_path: str | os.PathLike) -> PretrainedModel:
   model_dir = resolve_model_dir(name_or_path)
   config = read_config(model_dir / "config.json")
   params, report = convert.hf_to_params(read_state_dict(model_dir), config, source=str(model_dir))
+  params.update(read_dense_head(model_dir, config.hidden_size))
   report.log(str(model_dir))
-  pooling, max_seq_length = read_sentence_transformers_settings(model_dir)
+  pooling, max_seq_length, _ = read_sentence_transformers_settings(model_dir)
   return PretrainedModel(config, params, model_dir, pooling, max_seq_length, report)
+
+
+def read_dense_head(model_dir: Path, hidden_size: int) -> dict:
+  """{"dense_head": ...} from the folder's sentence-transformers Dense modules after pooling, {} without any
+  (`model/dense_head.py`: what they compute and why they must end at hidden_size). Each module's folder
+  holds config.json and its `linear.weight` [out, in] (and `linear.bias`)."""
+  modules_file = model_dir / "modules.json"
+  modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+  head, pooled, width = {}, False, hidden_size
+  for module in sorted(modules, key=lambda m: m.get("idx", 0)):
+    kind, folder = module.get("type", ""), model_dir / module.get("path", "")
+    pooled = pooled or kind.endswith("Pooling")
+    if not kind.endswith("Dense"):
+      continue
+    if not pooled:
+      raise StarbucksError(f"{folder}: a Dense module before pooling is not supported")
+    layer = _read_dense(folder, width)
+    head[str(len(head))], width = layer, layer["kernel"].shape[1]
+  if width != hidden_size:
+    raise StarbucksError(f"{model_dir}: the Dense modules end at {width} dimensions; only heads that end at "
+                         f"hidden_size ({hidden_size}) are supported (the Matryoshka cut follows them)")
+  return {DENSE_HEAD: head} if head else {}
+
+
+def _read_dense(folder: Path, in_features: int) -> dict:
+  """One Dense module as {kernel [in, out], bias?}; what `apply_dense_head` does not compute is refused."""
+  config = json.loads((folder / "config.json").read_text())
+  activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")  # sentence-transformers' default
+  if activation != ST_IDENTITY:
+    raise StarbucksError(f"{folder}: Dense activation {activation!r} is not supported (only {ST_IDENTITY})")
+  if config.get("use_residual") or config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+    raise StarbucksError(f"{folder}: only a plain Dense on the sentence embedding is supported")
+  state = read_state_dict(folder)
+  kernel = np.ascontiguousarray(np.asarray(state["linear.weight"], np.float32).T)
+  if kernel.shape != (in_features, config.get("out_features")):
+    raise StarbucksError(f"{folder}: linear.weight is {kernel.shape[::-1]}, not the [{config.get('out_features')}, "
+                         f"{in_features}] its config and the module before it need")
+  layer = {"kernel": kernel}
+  if config.get("bias", True):
+    layer["bias"] = np.asarray(state["linear.bias"], np.float32)
+  return layer
 
 
 def load_tokenizer(model_dir):

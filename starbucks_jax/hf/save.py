@@ -2,8 +2,9 @@
 
 The folder holds `config.json`, `model.safetensors` (written from numpy), the tokenizer files, and the
 sentence-transformers files (`modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`,
-`config_sentence_transformers.json`), so `SentenceTransformer(path, truncate_dim=d)` works. With
-`num_layers=n` it is a standalone n-layer model.
+`config_sentence_transformers.json`, and `{idx}_Dense/` for a model with Dense modules after pooling:
+`model/dense_head.py`), so `SentenceTransformer(path, truncate_dim=d)` works. With `num_layers=n` it is a
+standalone n-layer model.
 """
 
 from __future__ import annotations
@@ -13,24 +14,30 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
+import numpy as np
 from safetensors.numpy import save_file
 
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import convert
 from starbucks_jax.hf.load import TOKENIZER_FILES
+from starbucks_jax.model.dense_head import KEY as DENSE_HEAD, ST_IDENTITY
 from starbucks_jax.model.pooling import POOLINGS, pooling_kind
 from starbucks_jax.model.registry import family_of
 
 
 def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_dir: str | Path,
                     num_layers: int | None = None, pooling: str = "mean", max_seq_length: int = 512,
-                    normalize: bool = False, with_mlm_head: bool = False) -> Path:
+                    normalize: bool = False, with_mlm_head: bool = False, prompts: dict | None = None) -> Path:
   """Exports `params` as a Hugging Face folder; returns its path.
 
   `with_mlm_head` writes the family's masked-LM layout (`BertForMaskedLM`: MLM head, no pooler) instead of
   its base one (`BertModel`).
   `normalize` adds sentence-transformers' Normalize module (it runs before `truncate_dim`'s cut, so
   truncated vectors are then not unit length; cosine similarity does not care).
+  `prompts` ({"query": ..., "document": ...}, the texts the model was trained to see before each side) go to
+  `config_sentence_transformers.json`, only the non-empty ones, so that `SentenceTransformer.encode_query` /
+  `encode_document` put them before each text as training did.
   """
   pooling_kind(pooling)  # an unknown kind: the error names the known ones
   num_layers = config.num_hidden_layers if num_layers is None else num_layers
@@ -55,10 +62,13 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
       shutil.copyfile(f, out / f.name)
 
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  if normalize:
-    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    (out / "2_Normalize").mkdir(exist_ok=True)
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+             *_write_dense_head(out, params.get(DENSE_HEAD) or {}, first=2)]
+  if normalize:  # after any Dense modules, as sentence-transformers orders them
+    idx = len(modules)
+    modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+    (out / f"{idx}_Normalize").mkdir(exist_ok=True)
   _write_json(out / "modules.json", modules)
   (out / "1_Pooling").mkdir(exist_ok=True)
   _write_json(out / "1_Pooling" / "config.json", {
@@ -69,9 +79,31 @@ def save_pretrained(output_dir: str | Path, params: dict, config, *, tokenizer_d
               {"max_seq_length": min(max_seq_length, config.max_text_length), "do_lower_case": False})
   _write_json(out / "config_sentence_transformers.json", {
       "__version__": {"starbucks_jax": _version()},
-      "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",
+      "prompts": {name: text for name, text in (prompts or {}).items() if text}, "default_prompt_name": None,
+      "similarity_fn_name": "cosine",
   })
   return out
+
+
+def _write_dense_head(out: Path, head: dict, first: int) -> list[dict]:
+  """The model's Dense modules (`model/dense_head.py`) as sentence-transformers Dense folders `{idx}_Dense`
+  from index `first` on; returns their modules.json entries (none without a head)."""
+  entries = []
+  for offset, key in enumerate(sorted(head, key=int)):
+    layer = {name: np.asarray(jax.device_get(value), np.float32) for name, value in head[key].items()}
+    idx = first + offset
+    folder = out / f"{idx}_Dense"
+    folder.mkdir(exist_ok=True)
+    in_features, out_features = layer["kernel"].shape
+    _write_json(folder / "config.json", {"in_features": in_features, "out_features": out_features,
+                                         "bias": "bias" in layer, "activation_function": ST_IDENTITY})
+    tensors = {"linear.weight": np.ascontiguousarray(layer["kernel"].T)}
+    if "bias" in layer:
+      tensors["linear.bias"] = layer["bias"]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(folder / "model.safetensors", (folder / "config.json").stat().st_mode & 0o777)
+    entries.append({"idx": idx, "name": str(idx), "path": folder.name, "type": "sentence_transformers.models.Dense"})
+  return entries
 
 
 def _st_pooling_flags(pooling: str) -> dict[str, bool]:

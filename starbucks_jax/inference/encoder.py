@@ -4,6 +4,7 @@
     vectors = enc.encode(texts, layer=4, dim=128)                     # [len(texts), 128] float32
     per_layer = enc.encode_layers(texts, layers=(2, 4, 6))           # one pass, every layer asked for
     same = enc.encode(texts, layer=4, dim=128, packing=True)          # texts end to end in rows
+    queries = enc.encode(texts, prompt=enc.prompts.get("query"))      # prompt + text, as sentence-transformers
 
 Texts are sorted by length and padded to a few bucket lengths (`bucket_lengths`), with a fixed batch
 size, so at most one compiled shape exists per bucket.
@@ -22,7 +23,7 @@ import functools
 import logging
 import math
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +31,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from starbucks_jax.data.packing import first_fit, pack
+from starbucks_jax.data.prompts import check, with_prompt
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
 from starbucks_jax.model import pooling as pooling_lib
 from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.dense_head import apply_dense_head
 from starbucks_jax.model.registry import family_of, pooling_or_default
 from starbucks_jax.pairs import check_pair
 from starbucks_jax.runtime import workdir
@@ -66,10 +69,11 @@ def padded_length(longest: int, max_length: int) -> int:
 def pooled_layers(params, input_ids, attention_mask, segment_ids=None, position_ids=None, *, config, num_layers,
                   layers, pooling, dtype, num_texts=None):
   """{layer: [batch, hidden] pooled vectors} of one compiled forward pass that stops at `num_layers`; of packed
-  rows (`segment_ids`, `position_ids`, `num_texts`: `data/packing.py`), [num_texts, hidden], one per text."""
+  rows (`segment_ids`, `position_ids`, `num_texts`: `data/packing.py`), [num_texts, hidden], one per text; through
+  the model's Dense modules where it has them (`model/dense_head.py`), so that the cut follows them."""
   out = family_of(config).apply(params, input_ids, attention_mask, config=config, num_layers=num_layers, dtype=dtype,
                                 segment_ids=segment_ids, position_ids=position_ids, num_texts=num_texts)
-  return {n: out.pooled(n, pooling) for n in layers}
+  return {n: apply_dense_head(params, out.pooled(n, pooling)) for n in layers}
 
 
 def packed_passes(lengths: Sequence[int], length: int, budget: int) -> tuple[list[np.ndarray], int]:
@@ -95,11 +99,13 @@ def packed_passes(lengths: Sequence[int], length: int, budget: int) -> tuple[lis
 
 
 class Encoder:
-  """A model, its tokenizer and its default pooling, ready to encode text."""
+  """A model, its tokenizer and its default pooling, ready to encode text; `prompts`: the model's
+  sentence-transformers prompts ({"query": ..., "document": ...}: a folder's, or a run's), for callers to pick."""
 
   def __init__(self, config: EncoderConfig, params: dict, tokenizer, *, default_pooling: str | None = None,
-               max_length: int = 512, dtype=jnp.float32):
+               max_length: int = 512, dtype=jnp.float32, prompts: Mapping[str, str] | None = None):
     self.config = config
+    self.prompts = dict(prompts or {})
     self.params = params
     self.tokenizer = tokenizer
     self.default_pooling = pooling_or_default(default_pooling, config)
@@ -121,27 +127,32 @@ class Encoder:
     if max_length is None:
       max_length = serving.max_seq_length or config.max_text_length
     return cls(config, params, load_tokenizer(source.model_dir), default_pooling=pooling_or_default(serving.pooling, config),
-               max_length=max_length, dtype=dtype)
+               max_length=max_length, dtype=dtype, prompts=serving.prompts)
 
   def encode(self, texts: Sequence[str], *, layer: int | None = None, dim: int | None = None,
              pooling: str | None = None, normalize: bool = False, batch_size: int = 32,
-             max_length: int | None = None, show_progress: bool | None = None, packing: bool = False) -> np.ndarray:
-    """[len(texts), dim] float32: layer `layer`'s pooled output cut to its first `dim` coordinates."""
+             max_length: int | None = None, show_progress: bool | None = None, packing: bool = False,
+             prompt: str | None = None) -> np.ndarray:
+    """[len(texts), dim] float32: layer `layer`'s pooled output cut to its first `dim` coordinates.
+
+    `prompt`: put before every text, as `SentenceTransformer.encode(prompt=...)` (its tokens count in
+    max_length); a model trained with prompts embeds queries with `self.prompts["query"]`, say."""
     layer = self.config.num_hidden_layers if layer is None else layer
     dim = self.config.hidden_size if dim is None else dim
     check_pair(self.config, layer, dim)
     layer, dim = int(layer), int(dim)
     pooled = self.encode_layers(texts, layers=(layer,), pooling=pooling, batch_size=batch_size,
-                                max_length=max_length, show_progress=show_progress, packing=packing)[layer]
+                                max_length=max_length, show_progress=show_progress, packing=packing,
+                                prompt=prompt)[layer]
     return np.asarray(pooling_lib.cut(pooled, dim, normalize), dtype=np.float32)
 
   def encode_layers(self, texts: Sequence[str], *, layers: Sequence[int], pooling: str | None = None,
                     batch_size: int = 32, max_length: int | None = None, show_progress: bool | None = None,
-                    packing: bool = False) -> dict[int, np.ndarray]:
+                    packing: bool = False, prompt: str | None = None) -> dict[int, np.ndarray]:
     """{layer: [len(texts), hidden] float32} from one forward pass that stops at max(layers).
 
     `packing`: texts end to end in rows rather than one padded row each (module docstring); the same
-    vectors."""
+    vectors. `prompt`: as `encode`'s."""
     pooling = pooling_lib.pooling_kind(pooling or self.default_pooling).name
     for n in layers:
       check_pair(self.config, n, 1)
@@ -149,7 +160,7 @@ class Encoder:
     if batch_size < 1:
       raise StarbucksError(f"batch_size must be at least 1, got {batch_size}")
     max_length = min(max_length or self.max_length, self.config.max_text_length)
-    texts = checked_texts(texts)
+    texts = with_prompt(None if prompt is None else check(prompt, "prompt"), checked_texts(texts))
     if not texts:
       return {n: np.zeros((0, self.config.hidden_size), np.float32) for n in layers}
 

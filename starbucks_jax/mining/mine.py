@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from starbucks_jax.data.prompts import with_prompt
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.evaluation.datasets import Corpus
 from starbucks_jax.mining import search as search_lib
@@ -38,8 +39,8 @@ class MineSettings:
   similarity: str = "cosine"
   query_max_length: int = 32
   passage_max_length: int = 256
-  query_prefix: str = ""
-  passage_prefix: str = ""
+  query_prompt: str = ""            # before every query / passage, as the model's prompts (`data/prompts.py`)
+  passage_prompt: str = ""
   batch_size: int = 32
   packing: bool = False             # texts end to end in rows (`inference/encoder.py`): the same vectors
   chunk_size: int = 8192
@@ -132,13 +133,13 @@ def mine_negatives(encoder, queries: Sequence[TrainQuery], corpus: Corpus, setti
                 packing=settings.packing, normalize=settings.similarity == "cosine",
                 show_progress=settings.show_progress)
   query_texts = list({q.text: None for q in queries})  # one per group, in group order
-  query_vectors = search_lib.encode_all(encoder, [settings.query_prefix + t for t in query_texts],
+  query_vectors = search_lib.encode_all(encoder, with_prompt(settings.query_prompt, query_texts),
                                         max_length=settings.query_max_length, desc="encoding queries", **encode)
   positive_texts = list({p.full_text(): None for q in queries for p in q.positives})
-  positive_vectors = search_lib.encode_all(encoder, [settings.passage_prefix + t for t in positive_texts],
+  positive_vectors = search_lib.encode_all(encoder, with_prompt(settings.passage_prompt, positive_texts),
                                            max_length=settings.passage_max_length, desc="encoding positives", **encode)
   seconds["encode_queries_and_positives"] = time.perf_counter() - started
-  passages = [settings.passage_prefix + t for t in corpus.passages()]
+  passages = with_prompt(settings.passage_prompt, corpus.passages())
   shards = search_lib.encode_shards(encoder, passages, max_length=settings.passage_max_length,
                                     desc="encoding corpus", **encode)
   excluded = _padded(excluded_rows)

@@ -37,8 +37,8 @@ from starbucks_jax.model import bert_names, dense, remat as remat_lib
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import (MlmSupport, ModelFamily, checked_layers, constrain_activations,
-                                        keep_first_layers)
-from starbucks_jax.model.layers.attention import AttentionMask, attend, attention_mask_of  # noqa: F401 (re-exported)
+                                        init_module_params, keep_first_layers, module_forward)
+from starbucks_jax.model.layers.attention import attend, attention_mask_of
 from starbucks_jax.model.layers.mlp import gelu
 from starbucks_jax.model.layers.norms import layer_norm
 from starbucks_jax.model.mlm_head import init_mlm_head_params
@@ -174,20 +174,7 @@ class BertEncoder(nn.Module):
     return EncoderOutput(tuple(hidden_states), tokens)
 
 
-def forward(params, tokens: Tokens, *, config: BertConfig, num_layers: Optional[int] = None,
-            dtype: Dtype = jnp.float32, deterministic: bool = True, dropout_rng: Optional[jax.Array] = None,
-            remat: bool | str = False, row_ids=None) -> EncoderOutput:
-  """Runs the encoder. `params` is the full model tree (`{"encoder": ..., ...}`) or its "encoder" part.
-
-  `remat`: "none" | "dots" | "full" (True = "full", False = "none"): what each layer recomputes in the
-  backward pass (`remat.py`).
-  `row_ids` [batch]: each row's index in the whole batch, for dropout masks that do not depend on how a
-  batch is split (`model/dropout.py`); None: the rows are the whole batch.
-  """
-  encoder_params = params["encoder"] if "encoder" in params else params
-  rngs = None if deterministic else {"dropout": dropout_rng}
-  return BertEncoder(config, dtype, remat).apply({"params": encoder_params}, tokens, num_layers=num_layers,
-                                                 deterministic=deterministic, row_ids=row_ids, rngs=rngs)
+forward = module_forward(BertEncoder)  # the family's forward pass (`family.module_forward`)
 
 
 def apply(params, input_ids, attention_mask=None, token_type_ids=None, **options) -> EncoderOutput:
@@ -221,8 +208,7 @@ def apply_layer(layer_params, x, attention_mask, *, config: BertConfig, dtype: D
 
 def init_encoder_params(config: BertConfig, rng: jax.Array) -> dict:
   """Random encoder parameters with BERT's initialisation (normal(initializer_range), LayerNorm 1/0)."""
-  tokens = Tokens.padded(jnp.zeros((1, 2), jnp.int32))
-  return jax.jit(lambda r: BertEncoder(config).init(r, tokens)["params"])(rng)
+  return init_module_params(BertEncoder, config, rng)
 
 
 def init_pooler_params(config: BertConfig, rng: jax.Array) -> dict:

@@ -17,6 +17,7 @@ import re
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
@@ -156,6 +157,28 @@ def checked_layers(config, tokens: Tokens, num_layers) -> int:
   if not tokens.packed and tokens.shape[1] > config.max_text_length:
     raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's {config.max_text_length} positions")
   return num_layers
+
+
+def module_forward(module_class: type) -> Callable:
+  """`ModelFamily.forward` for a family whose model is one Flax module, built as `module_class(config, dtype,
+  remat)` and called as (tokens, num_layers=, deterministic=, row_ids=). `params` is the full model tree
+  (`{"encoder": ..., ...}`) or its "encoder" part. `remat`: "none" | "dots" | "full" (True = "full", False
+  = "none"), what each layer recomputes in the backward pass (`remat.py`). `row_ids` [batch]: each row's
+  index in the whole batch, for dropout masks that do not depend on how a batch is split (`dropout.py`);
+  None: the rows are the whole batch."""
+  def forward(params, tokens: Tokens, *, config, num_layers=None, dtype=jnp.float32, deterministic: bool = True,
+              dropout_rng=None, remat=False, row_ids=None):
+    encoder_params = params["encoder"] if "encoder" in params else params
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    return module_class(config, dtype, remat).apply({"params": encoder_params}, tokens, num_layers=num_layers,
+                                                    deterministic=deterministic, row_ids=row_ids, rngs=rngs)
+  return forward
+
+
+def init_module_params(module_class: type, config, rng) -> dict:
+  """Random parameters of `module_class(config)` (the encoder tree), from a one-text batch of two tokens."""
+  tokens = Tokens.padded(jnp.zeros((1, 2), jnp.int32))
+  return jax.jit(lambda r: module_class(config).init(r, tokens)["params"])(rng)
 
 
 def keep_first_layers(encoder_params: dict, n: int) -> dict:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from starbucks_jax.model import dense, modernbert_names, remat as remat_lib
 from starbucks_jax.model.dropout import Dropout
 from starbucks_jax.model.family import (MlmSupport, ModelFamily, checked_layers, constrain_activations,
-                                        keep_first_layers)
+                                        init_module_params, keep_first_layers, module_forward)
 from starbucks_jax.model.layers.attention import attend, attention_mask_of, sliding_window
 from starbucks_jax.model.layers.mlp import GatedMlp, gelu
 from starbucks_jax.model.layers.norms import layer_norm
@@ -151,14 +151,7 @@ class ModernBertEncoder(nn.Module):
     return EncoderOutput(tuple(hidden_states), tokens)
 
 
-def forward(params, tokens: Tokens, *, config: ModernBertConfig, num_layers: Optional[int] = None,
-            dtype: Dtype = jnp.float32, deterministic: bool = True, dropout_rng: Optional[jax.Array] = None,
-            remat: bool | str = False, row_ids=None) -> EncoderOutput:
-  """Runs the encoder (the arguments of `bert.forward`; token_type_ids are ignored)."""
-  encoder_params = params["encoder"] if "encoder" in params else params
-  rngs = None if deterministic else {"dropout": dropout_rng}
-  return ModernBertEncoder(config, dtype, remat).apply({"params": encoder_params}, tokens, num_layers=num_layers,
-                                                       deterministic=deterministic, row_ids=row_ids, rngs=rngs)
+forward = module_forward(ModernBertEncoder)  # (`family.module_forward`; token_type_ids are ignored)
 
 
 def apply(params, input_ids, attention_mask=None, token_type_ids=None, **options) -> EncoderOutput:
@@ -199,8 +192,7 @@ def first_layer(encoder_params: dict) -> dict:
 def init_encoder_params(config: ModernBertConfig, rng: jax.Array) -> dict:
   """Random encoder parameters: normal(initializer_range) weights, LayerNorm scales 1. (transformers draws a
   truncated normal with smaller output projections; either is a start for pre-training, not a model.)"""
-  tokens = Tokens.padded(jnp.zeros((1, 2), jnp.int32))
-  return jax.jit(lambda r: ModernBertEncoder(config).init(r, tokens)["params"])(rng)
+  return init_module_params(ModernBertEncoder, config, rng)
 
 
 def init_params(config: ModernBertConfig, rng: jax.Array, *, with_mlm_head: bool = False) -> dict:

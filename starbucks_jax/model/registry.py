@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from starbucks_jax.errors import StarbucksError
-from starbucks_jax.model import bert, modernbert, roberta
+from starbucks_jax.model import bert, gemma3, modernbert, qwen3, roberta
 from starbucks_jax.model.config import EncoderConfig, read_config_json
 from starbucks_jax.model.family import ModelFamily
 
@@ -22,6 +22,8 @@ FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
     roberta.FAMILY,
     roberta.XLM_FAMILY,
     modernbert.FAMILY,
+    qwen3.FAMILY,
+    gemma3.FAMILY,
 )}
 
 

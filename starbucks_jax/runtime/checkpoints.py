@@ -9,6 +9,10 @@ background thread (the training goes on meanwhile; `wait()` finishes the records
 truncated, deleted or overwritten file (even one whose size did not change) is reported by name. A
 damaged newest checkpoint is moved to `workdir/damaged_checkpoints/` (kept, not deleted) and the run
 resumes from the one before it.
+
+Readers of a workdir that is being trained (`restore_params`: export, evaluate, encode, init_from) see only
+finished steps, and when the step they picked is removed under them (the run keeps the newest K), they
+read the newest again. Only the run holding the workdir's lease (`lease.py`) saves.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import orbax.checkpoint as ocp
 
 from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
+from starbucks_jax.runtime import lease
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +43,20 @@ CRC_CHUNK = 8 << 20  # bytes read at a time while checksumming
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   """When a run saves (`config.checkpoint`): every `every_steps` steps and at the end, the newest `keep`
-  kept; `async_save` writes in the background while training goes on."""
+  kept; `async_save` writes in the background while training goes on. `lease_timeout_s`: a workdir's lease
+  (`lease.py`) not renewed for this long is a crashed run's, and the next run takes it over; long enough
+  to ride out a stalled store, short enough that a restart after a lost host does not wait long."""
   every_steps: int = 1000
   keep: int = 3
   async_save: bool = True
+  lease_timeout_s: float = 300.0
 
   def __post_init__(self):
     if self.every_steps < 1 or self.keep < 1:
       raise StarbucksError("checkpoint.every_steps and checkpoint.keep must be at least 1")
+    if not 0 < self.lease_timeout_s < float("inf"):
+      raise StarbucksError(f"checkpoint.lease_timeout_s must be a positive number of seconds, got "
+                           f"{self.lease_timeout_s}")
 
 
 class RunCheckpoints:
@@ -110,6 +121,7 @@ class RunCheckpoints:
     """
     if not (force or step % self.every_steps == 0) or step in self.manager.all_steps():
       return False
+    lease.check_writer(self.workdir)  # a run whose lease was taken over writes nothing more
     self._record_finished()
     meta = {"step": step, "skipped_steps": int(state.skipped_steps),
             "rng": np.asarray(jax.random.key_data(state.rng)).tolist()}
@@ -237,15 +249,28 @@ def saved_steps(workdir) -> list[int]:
 
 
 def restore_params(workdir, step: int | None = None):
-  """The parameters saved at `step` (default: the newest checkpoint), as numpy arrays on the host."""
-  steps = saved_steps(workdir)
-  if not steps:
-    raise StarbucksError(f"{workdir} has no checkpoints under {storage.as_path(workdir) / CHECKPOINT_DIR}")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise StarbucksError(f"{workdir} has no checkpoint at step {step}; saved steps: "
-                         f"{', '.join(map(str, steps))}")
+  """The parameters saved at `step` (default: the newest finished checkpoint), as numpy arrays on the host.
+
+  A workdir may be in training meanwhile: a newest step removed while it is read (the run keeps only the
+  newest K) is not an error; the then newest is read instead."""
+  newest = step is None
+  for _ in range(5):
+    steps = saved_steps(workdir)
+    if not steps:
+      raise StarbucksError(f"{workdir} has no checkpoints under {storage.as_path(workdir) / CHECKPOINT_DIR}")
+    if not newest and step not in steps:
+      raise StarbucksError(f"{workdir} has no checkpoint at step {step}; saved steps: "
+                           f"{', '.join(map(str, steps))}")
+    try:
+      return _read_params(workdir, steps[-1] if newest else step)
+    except StarbucksError:
+      if not newest or steps[-1] in saved_steps(workdir):
+        raise
+      log.info("checkpoint %d of %s was removed while being read; reading the newest again", steps[-1], workdir)
+  raise StarbucksError(f"{workdir}: its newest checkpoint kept being removed while it was read")
+
+
+def _read_params(workdir, step: int):
   check_files(workdir, step, items=("params",))
   path = step_dir(workdir, step) / "params"
   try:

@@ -8,8 +8,11 @@ A workdir holds:
   config.json          the training config, for the record and to refuse a different run's resume
   metrics.jsonl, tensorboard/, export/
 
-`model/` plus any checkpoint's `params` is everything an export needs: no data, no config file.
-A workdir may be a local folder or a bucket URL (`gs://...`, through `storage.py`).
+`model/` plus any checkpoint's `params` is everything an export needs: no data, no config file (a LoRA
+run's `params` are its adapters, merged into the base model that `starbucks.json` names).
+A workdir may be a local folder or a bucket URL (`gs://...`, through `storage.py`). One run writes it at a
+time (`lease.py`); others may read it meanwhile, so its files are written whole (a temporary name, then a
+rename) and a reader never sees one cut short.
 `resolve(path)` turns what a user names (a Hugging Face folder, a hub name, or a workdir, at its newest
 checkpoint or at `step`) into a `ModelSource`, which reads the config cheaply (to check a request before
 any weights are read) and the parameters on demand.
@@ -26,8 +29,9 @@ from starbucks_jax import storage
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf import load
 from starbucks_jax.model.config import EncoderConfig, read_config_json
+from starbucks_jax.model.lora import merged_into_base
 from starbucks_jax.model.registry import config_from_hf_dict, family_of
-from starbucks_jax.runtime import checkpoints
+from starbucks_jax.runtime import checkpoints, outputs
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +55,16 @@ def write_model_dir(workdir, config: EncoderConfig, tokenizer_dir: str | Path, s
   model_dir = storage.as_path(workdir) / MODEL_DIR
   model_dir.mkdir(parents=True, exist_ok=True)
   architecture = family_of(config).hf_names.base_architecture
-  (model_dir / "config.json").write_text(json.dumps(config.to_hf_dict(architecture), indent=2) + "\n")
+  _write(model_dir / "config.json", json.dumps(config.to_hf_dict(architecture), indent=2) + "\n")
   for name in load.TOKENIZER_FILES:
     if (Path(tokenizer_dir) / name).is_file():
-      (model_dir / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-  (model_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+      _write(model_dir / name, (Path(tokenizer_dir) / name).read_bytes())
+  _write(model_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+
+
+def _write(path, content: str | bytes) -> None:
+  data = content.encode() if isinstance(content, str) else content
+  outputs.write_file(path, lambda f: f.write(data), "a workdir file")
 
 
 def read_model_dir(workdir) -> tuple[EncoderConfig, dict, object]:
@@ -80,7 +89,7 @@ def _read_json(path, what: str) -> dict:
 
 
 def write_run_config(workdir, config_json: str) -> None:
-  (storage.as_path(workdir) / CONFIG_FILE).write_text(config_json + "\n")
+  _write(storage.as_path(workdir) / CONFIG_FILE, config_json + "\n")
 
 
 def check_run_config(workdir, config_json: str) -> None:
@@ -105,6 +114,7 @@ class ServingSettings:
   max_seq_length: int | None = None
   normalize: bool = False
   mlm_head: bool = False  # a pre-training run: its export keeps the MLM head
+  prompts: dict = dataclasses.field(default_factory=dict)  # sentence-transformers' {"query": ..., "document": ...}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,14 +137,21 @@ class ModelSource:
     if self.workdir:
       settings = read_model_dir(self.workdir)[1]
       return ServingSettings(settings.get("pooling"), settings.get("max_seq_length"),
-                             bool(settings.get("normalize", False)), bool(settings.get("mlm_head", False)))
-    return ServingSettings(*load.read_sentence_transformers_settings(self.model_dir))
+                             bool(settings.get("normalize", False)), bool(settings.get("mlm_head", False)),
+                             load.read_prompts(settings.get("prompts"), str(self.workdir)))
+    pooling, max_seq_length, prompts = load.read_sentence_transformers_settings(self.model_dir)
+    return ServingSettings(pooling, max_seq_length, prompts=prompts)
 
   def load_params(self) -> tuple[dict, int | None]:
-    """(host parameters, the checkpoint's step, or None for a Hugging Face folder)."""
+    """(host parameters, the checkpoint's step, or None for a Hugging Face folder). A LoRA run's checkpoints
+    hold its adapters alone: they come merged into the base it trained on, re-read (`model/lora.py`)."""
     if self.workdir is None:
       return dict(load.load_pretrained(self.model_dir).params), None
     params, step = checkpoints.restore_params(self.workdir, self.step)
+    run_lora = read_model_dir(self.workdir)[1].get("lora")
+    if run_lora:
+      base = resolve(run_lora["base"], step=run_lora["base_step"], what="the LoRA run's base model")
+      params = merged_into_base(params, run_lora, base.load_params()[0], self.config())
     return dict(params), step
 
 

@@ -11,6 +11,7 @@ Where each block's settings and defaults live:
   model       ModelOptions (below)           optimizer   training/optim.py OptimizerConfig
   mesh        runtime/sharding.py MeshConfig  checkpoint  runtime/checkpoints.py CheckpointConfig
   grad_cache  training/grad_cache.py GradCacheConfig  wandb  runtime/wandb_run.py WandbConfig
+  lora        training/lora.py LoraConfig
   eval        EvalConfig (below)              export      ExportConfig (below)
   data, and the loss block (`starbucks` or `smae`): the task's (training/tasks/srl.py, smae.py).
 """
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from starbucks_jax.data.prompts import check as check_prompt, data_prompts
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.model.remat import parse_remat, remat_policy
 from starbucks_jax.evaluation.evaluator import EvalOptions
@@ -33,6 +35,7 @@ from starbucks_jax.runtime.checkpoints import CheckpointConfig
 from starbucks_jax.runtime.sharding import MeshConfig
 from starbucks_jax.runtime.wandb_run import WandbConfig
 from starbucks_jax.training.grad_cache import GradCacheConfig
+from starbucks_jax.training.lora import LoraConfig
 from starbucks_jax.training.optim import OptimizerConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -94,6 +97,8 @@ class EvalConfig:
     packing: encode texts end to end in rows (`inference/encoder.py`): the same vectors, fewer pad tokens.
     query_max_length, passage_max_length: retrieval lengths; STS texts use the larger.
     similarity: retrieval scores, "cosine" | "dot" (match starbucks.similarity).
+    query_prompt, passage_prompt: put before every query / passage (STS: the query prompt on both sentences;
+      `data/prompts.py`); None: the data block's, so the model is evaluated on the texts it trained on.
   """
   every_steps: int = 0
   sets: Mapping[str, tuple[str, ...]] = dataclasses.field(
@@ -104,8 +109,13 @@ class EvalConfig:
   query_max_length: int = 32
   passage_max_length: int = 256
   similarity: str = "cosine"
+  query_prompt: str | None = None
+  passage_prompt: str | None = None
 
   def __post_init__(self):
+    for name in ("query_prompt", "passage_prompt"):
+      if getattr(self, name) is not None:
+        check_prompt(getattr(self, name), f"eval.{name}")
     if self.every_steps < 0:
       raise StarbucksError(f"eval.every_steps must be >= 0, got {self.every_steps}")
     if self.similarity not in SIMILARITIES:
@@ -117,7 +127,14 @@ class EvalConfig:
   def options(self, pooling: str) -> EvalOptions:
     return EvalOptions(pooling=pooling, batch_size=self.batch_size, query_max_length=self.query_max_length,
                        passage_max_length=self.passage_max_length, similarity=self.similarity,
-                       packing=self.packing, show_progress=False)
+                       packing=self.packing, show_progress=False, query_prompt=self.query_prompt or "",
+                       passage_prompt=self.passage_prompt or "")
+
+  def with_data_prompts(self, data) -> "EvalConfig":
+    """The block with each unset prompt taken from the training data block's (an SMAE text block has none)."""
+    query, passage = data_prompts(data) if hasattr(data, "query_prompt") else ("", "")
+    return dataclasses.replace(self, query_prompt=query if self.query_prompt is None else self.query_prompt,
+                               passage_prompt=passage if self.passage_prompt is None else self.passage_prompt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +181,8 @@ class TrainConfig:
     grad_cache: SRL: the whole batch's loss and gradients, encoded in chunks (negatives from the whole
       batch; `training/grad_cache.py`). Off by default.
     num_epochs: the run's length, unless num_steps is set.
+    lora: low-rank adapters on chosen matrices, the base frozen (`training/lora.py`); off (rank 0): full
+      fine-tuning.
     log_every_steps: metrics.jsonl, TensorBoard and W&B every this many steps.
     wandb: Weights & Biases logging (`runtime/wandb_run.py`); off while wandb.project is empty.
     data: the task's data block (`data/srl.py` DataConfig, `data/smae.py` TextDataConfig).
@@ -180,6 +199,7 @@ class TrainConfig:
   num_epochs: float = 1.0
   num_steps: int | None = None
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   log_every_steps: int = 10

@@ -5,20 +5,20 @@ The step is lowered with abstract arguments (shapes, dtypes and the run's shardi
 placed on a device) for the longest batch the data can give, and compiled by XLA for the backend at
 hand. Parameter and optimizer-state bytes per device follow from the sharding rules; activation bytes
 are XLA's temporaries of the compiled step. With GradCache on, the plain step is compiled too and both
-figures are printed. With `--cpu_devices N` a pod's mesh can be compiled on a
-workstation; the figures are then the CPU backend's. Nothing is written.
+figures are printed. With LoRA (`lora.py`) the parameters are the frozen base plus the adapters, and
+the trainable bytes and the optimizer state are the adapters' alone. With `--cpu_devices N` a pod's mesh
+can be compiled on a workstation; the figures are then the CPU backend's. Nothing is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
 
 from starbucks_jax.runtime import sharding
-from starbucks_jax.training import step as train_step, tasks
+from starbucks_jax.training import tasks
 from starbucks_jax.training.loop import build, jit_step
 
 
@@ -28,8 +28,7 @@ def dry_run(config_dict) -> dict:
   run = build(config)
   abstract = lambda tree, shardings: jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-  state = abstract(jax.eval_shape(functools.partial(train_step.init_state, tx=run.tx, seed=config.seed),
-                                  run.params), run.state_shardings)
+  state = abstract(jax.eval_shape(run.init_state, run.params), run.state_shardings)
   run.setup.data.fixed_lengths = True  # the longest batch the run can meet: padded to the max lengths
   local_batch = run.setup.data.batch(0)
   rows = sharding.batch_sharding(run.mesh)
@@ -56,7 +55,10 @@ def _report(compiled, compile_seconds: float, run, state, local_batch) -> dict:
   report = {
       "devices": int(run.mesh.devices.size),
       "mesh": {axis: int(size) for axis, size in run.mesh.shape.items()},
-      "parameters_bytes": sharding.bytes_per_device(state.params, run.state_shardings.params),
+      # With LoRA the parameters are the frozen base and the adapters, which alone train.
+      "parameters_bytes": sharding.bytes_per_device((state.params, state.frozen),
+                                                    (run.state_shardings.params, run.state_shardings.frozen)),
+      "trainable_bytes": sharding.bytes_per_device(state.params, run.state_shardings.params),
       "optimizer_state_bytes": sharding.bytes_per_device(state.opt_state, run.state_shardings.opt_state),
       "batch_bytes": sum(v.size * v.dtype.itemsize for v in local_batch.values()) // jax.local_device_count(),
       "activations_bytes": int(memory.temp_size_in_bytes),  # XLA's temporaries: activations, gradients
@@ -82,6 +84,8 @@ def format_dry_run(report: dict, config, platform: str) -> str:
            f"mesh {mesh} on {report['devices']} {platform} device(s), compiled in {report['compile_seconds']:.1f} s",
            "memory per device:",
            f"  parameters        {gib(report['parameters_bytes'])}",
+           *([f"    trainable       {gib(report['trainable_bytes'])}  (LoRA adapters, rank {config.lora.rank})"]
+             if config.lora.enabled else []),
            f"  optimizer state   {gib(report['optimizer_state_bytes'])}",
            f"  batch             {gib(report['batch_bytes'])}",
            f"  activations       {gib(report['activations_bytes'])}  (XLA temporaries of the step)",

@@ -3,15 +3,15 @@
     export_model(workdir.resolve("runs/quickstart"), Path("small"), num_layers=2)   # a workdir or a folder
     export_params(workdir, host_params, workdir / "export", step=N)                 # at the end of a run
 
-A workdir's export needs neither the training data nor the config file: its `model/` folder describes
-the model, and the run's settings (pooling, max length, normalisation, the MLM head of a pre-training
-run) come with it. With `num_layers=n` the folder is a standalone n-layer model (a small size of a 2D
-Matryoshka model). The folder is written under a temporary name and renamed when complete, so a
-half-written export never appears. An existing folder is replaced only with `overwrite`, and only when
-it holds nothing but a previous export's files: never a workdir, a checkpoint, the model being exported
-or a folder that holds any of them. In a bucket (`gs://...`), where nothing can be renamed, the folder is
-written locally, then uploaded with config.json last (a folder without it is no model to any loader),
-and a previous export's files that the new one lacks are removed after.
+A workdir's export needs neither the training data nor the config file: its `model/` folder describes the
+model, and the run's settings (pooling, max length, normalisation, the MLM head of a pre-training run, the
+prompts it trained with) come with it. With `num_layers=n` the folder is a standalone n-layer model (a
+small size of a 2D Matryoshka model). The folder is written under a temporary name and renamed when
+complete, so a half-written export never appears. An existing folder is replaced only with `overwrite`,
+and only when it holds nothing but a previous export's files: never a workdir, a checkpoint, the model
+being exported or a folder that holds any of them. In a bucket (`gs://...`), where nothing can be renamed,
+the folder is written locally, then uploaded with config.json last (a folder without it is no model to any
+loader), and a previous export's files that the new one lacks are removed after.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 # What an export folder holds (`hf/save.py`); a folder holding anything else is not replaced.
 EXPORT_ENTRIES = frozenset(TOKENIZER_FILES) | {
     "config.json", "model.safetensors", "modules.json", "1_Pooling", "2_Normalize", "sentence_bert_config.json",
-    "config_sentence_transformers.json"}
+    "config_sentence_transformers.json"} | {f"{i}_{m}" for i in range(2, 10) for m in ("Dense", "Normalize")} | {
+    "adapter_model.safetensors", "adapter_config.json"}  # a LoRA run's adapters alone (`lora_export.py`)
 
 
 def _is_or_holds(output, held) -> bool:
@@ -79,7 +80,7 @@ def write_export(params: dict, config, tokenizer_dir: Path, output, *, serving: 
     save_pretrained(staging, params, config, tokenizer_dir=tokenizer_dir, num_layers=num_layers,
                     pooling=pooling_or_default(serving.pooling, config),
                     max_seq_length=serving.max_seq_length or config.max_text_length,
-                    normalize=serving.normalize, with_mlm_head=serving.mlm_head)
+                    normalize=serving.normalize, with_mlm_head=serving.mlm_head, prompts=serving.prompts)
     _upload(output, staging) if remote else _replace(output, staging)
   except OSError as e:
     raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
@@ -119,7 +120,7 @@ def export_params(workdir, params: dict, output, *, step: int, num_layers: int |
   serving = source.serving()
   # A pre-training run's export keeps its MLM head (BertForMaskedLM); its MAE decoder stays in the checkpoint.
   serving = ServingSettings(serving.pooling or "mean", serving.max_seq_length, serving.normalize,
-                            serving.mlm_head and "mlm_head" in params)
+                            serving.mlm_head and "mlm_head" in params, serving.prompts)
   write_export(params, source.config(), source.model_dir, output, serving=serving, num_layers=num_layers,
                overwrite=overwrite)
   log.info("exported step %d to %s", step, output)
@@ -146,6 +147,6 @@ def export_model(source: ModelSource, output, *, num_layers: int | None = None, 
   if with_mlm_head and "mlm_head" not in params:
     raise StarbucksError(f"{source.model_dir} has no MLM head, so --with-mlm-head cannot export one")
   serving = ServingSettings(pooling or serving.pooling, max_seq_length or serving.max_seq_length, normalize,
-                            with_mlm_head)
+                            with_mlm_head, serving.prompts)  # a folder's prompts stay its own
   return write_export(params, config, source.model_dir, output, serving=serving, num_layers=num_layers,
                       overwrite=overwrite)

@@ -3,7 +3,8 @@
     summary = train(config_dict, workdir)   # config_dict: what a config file's get_config() returns
 
 Before anything compiles, the config is checked (`tasks.read_config`), the workdir is checked against
-a different run's checkpoints, and the task checks the model's size and the data (`tasks.prepare`).
+a different run's checkpoints and taken (its lease: one writer at a time, `runtime/lease.py`), and the
+task checks the model's size and the data (`tasks.prepare`).
 Then: the mesh, the optimizer, the starting weights or the newest readable checkpoint, and a loop that
 steps, logs, evaluates, saves, and stops on SIGTERM with a checkpoint at the step it is on. At the end
 the model is exported to `workdir/export`.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -29,10 +29,10 @@ import numpy as np
 
 from starbucks_jax.data import packing
 from starbucks_jax.model.registry import family_of
-from starbucks_jax.runtime import checkpoints, distributed, outputs, sharding, wandb_run, workdir as workdir_lib
+from starbucks_jax.runtime import checkpoints, distributed, lease, outputs, sharding, wandb_run, workdir as workdir_lib
 from starbucks_jax.runtime.metrics import MetricsLog
 from starbucks_jax.runtime.preemption import PreemptionWatch
-from starbucks_jax.training import optim, step as train_step, tasks
+from starbucks_jax.training import lora, optim, step as train_step, tasks
 from starbucks_jax.training.config import TrainConfig
 from starbucks_jax.training.evaluation import TrainingEvaluator
 from starbucks_jax.training.export import export_params
@@ -51,6 +51,7 @@ class PreparedRun:
   params: dict | None      # the starting parameters, on the host (None once the state holds them)
   state_shardings: object
   step_fn: object          # jitted (state, batch) -> (state, metrics), state donated
+  init_state: object       # params -> the first TrainState (full fine-tuning, or LoRA: `lora.py`)
 
 
 def build(config: TrainConfig) -> PreparedRun:
@@ -58,6 +59,7 @@ def build(config: TrainConfig) -> PreparedRun:
   (not yet compiled) step."""
   distributed.initialize()
   setup = tasks.prepare(config)
+  lora.check_targets(config.lora, setup.model_config)  # before any weight is read
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh, config.grad_accum_steps)
   sharding.check_process_rows(mesh, config.batch_size)
@@ -66,13 +68,16 @@ def build(config: TrainConfig) -> PreparedRun:
   if setup.model_config.hidden_size % mesh.shape[sharding.FSDP_AXIS]:
     log.warning("hidden size %d is not divisible by mesh.fsdp=%d: parameters stay replicated",
                 setup.model_config.hidden_size, mesh.shape[sharding.FSDP_AXIS])
-  tx, schedule = optim.make_optimizer(config.optimizer, setup.total_steps, trainable=setup.trainable)
   params = setup.load_params()
-  abstract_state = jax.eval_shape(functools.partial(train_step.init_state, tx=tx, seed=config.seed), params)
+  trainable = lora.trainable(config, setup, params)  # the model's parts, or LoRA adapters on a frozen base
+  setup.model_settings.update(trainable.record)  # what readers of a LoRA workdir merge by
+  tx, schedule = optim.make_optimizer(config.optimizer, setup.total_steps, trainable=trainable.parts)
+  init_state = trainable.init_state(tx, config.seed)
+  abstract_state = jax.eval_shape(init_state, params)
   state_shardings = sharding.tree_shardings(abstract_state, mesh, family_of(setup.model_config).param_axes)
 
   step_fn = jit_step(setup.settings, tx, mesh, state_shardings)
-  return PreparedRun(config, setup, mesh, tx, schedule, params, state_shardings, step_fn)
+  return PreparedRun(config, setup, mesh, tx, schedule, params, state_shardings, step_fn, init_state)
 
 
 def jit_step(settings, tx, mesh, state_shardings):
@@ -107,6 +112,7 @@ def _open_workdir(run: PreparedRun, workdir, config_json: str, is_main: bool):
   """Writes what export needs and the config (process 0); returns the run's checkpoint manager."""
   config = run.config
   workdir.mkdir(parents=True, exist_ok=True)
+  lora.check_base_unchanged(workdir, run.setup.model_settings)
   if is_main:
     workdir_lib.write_model_dir(workdir, run.setup.model_config, run.setup.model_dir, run.setup.model_settings)
     workdir_lib.write_run_config(workdir, config_json)
@@ -116,8 +122,7 @@ def _open_workdir(run: PreparedRun, workdir, config_json: str, is_main: bool):
 
 def _initial_state(run: PreparedRun, run_checkpoints) -> tuple[object, int]:
   """The starting weights' state, or the newest readable checkpoint's; (state, its step)."""
-  state = jax.jit(functools.partial(train_step.init_state, tx=run.tx, seed=run.config.seed),
-                  out_shardings=run.state_shardings)(run.params)
+  state = jax.jit(run.init_state, out_shardings=run.state_shardings)(run.params)
   run.params = None  # the state holds them now
   state, start_step = run_checkpoints.restore_newest(state)
   if start_step:
@@ -133,6 +138,13 @@ def train(config_dict, workdir) -> dict:
   workdir = outputs.check_folder_output(workdir, "--workdir")
   config_json = config_dict.to_json_best_effort(indent=2)
   workdir_lib.check_run_config(workdir, config_json)
+  distributed.initialize()  # the processes learn together whether they hold the workdir
+  with lease.hold(workdir, config.checkpoint.lease_timeout_s):  # one writer per workdir: a second run stops here
+    return _train(config, config_dict, config_json, workdir)
+
+
+def _train(config: TrainConfig, config_dict, config_json: str, workdir) -> dict:
+  """The run under the workdir's lease: load, compile, train, export."""
   run = build(config)
   evaluator = TrainingEvaluator(config.eval, run.setup.model_config, run.setup.tokenizer,
                                 pooling=config.model.pooling, default_pairs=run.setup.log_pairs)
@@ -158,7 +170,7 @@ def train(config_dict, workdir) -> dict:
                 int(jax.device_get(state.skipped_steps)), total_steps)
   export_dir = None
   if config.export.enabled:
-    host_params = sharding.gather_to_host(state.params, run.mesh)  # every process takes part
+    host_params = lora.host_params(state, run.mesh)  # every process takes part
     if is_main:
       export_dir = export_params(workdir, host_params, workdir / "export", step=total_steps, overwrite=True)
   return {"step": total_steps, "metrics": last_metrics, "export": export_dir, "preempted": False}
@@ -167,7 +179,7 @@ def train(config_dict, workdir) -> dict:
 def _evaluate(evaluator: TrainingEvaluator, state, mesh, done: int, is_main: bool) -> dict[str, float]:
   """Process 0's evaluation scores at step `done`. A failing evaluation costs no training: the step's
   checkpoint is already saved, the error is logged, and the run goes on."""
-  host_params = sharding.gather_to_host(state.params, mesh)  # every process takes part
+  host_params = lora.host_params(state, mesh)  # every process takes part
   if not is_main:
     return {}
   try:

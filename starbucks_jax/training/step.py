@@ -6,7 +6,8 @@ What the step computes comes from its settings, a static argument that the task 
 `grad_accum_steps` the micro-batches a step is split into, and `grad_cache` (None, or GradCache's chunks
 for SRL: `grad_cache.py`) whether the batch's loss and gradients are computed a chunk at a time. A step whose loss or gradients are not finite
 leaves parameters and optimizer state untouched and is counted in `skipped_steps`, as the paper's
-trainers do.
+trainers do. With LoRA (`lora.py`) the state's params are the adapters and `frozen` the base: the task's
+loss sees the base with the adapters merged in, and only the adapters get gradients.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from starbucks_jax.data import packing
+from starbucks_jax.model.lora import merge
 from starbucks_jax.model.remat import remat_policy
 from starbucks_jax.training import grad_cache
 
@@ -30,6 +32,29 @@ class TrainState:
   opt_state: Any
   rng: jax.Array            # the run's root key; step s uses fold_in(rng, s)
   skipped_steps: jax.Array  # int32: steps whose loss or gradients were not finite
+  frozen: Any = None        # LoRA: the base model, read by every step and never changed (not checkpointed)
+  lora_scale: float | None = flax.struct.field(pytree_node=False, default=None)  # LoRA: alpha / rank
+
+
+class _OnFrozenBase:
+  """A task's step settings whose trainable parameters are LoRA adapters: the task's loss and encoder get
+  the frozen base with the adapters merged in, so micro-batches and GradCache's chunks work unchanged (each
+  merges afresh: a few small products). Everything else is the task's."""
+
+  def __init__(self, settings, base, scale: float):
+    self._settings, self._base, self._scale = settings, base, scale
+
+  def _model(self, adapters):
+    return merge(self._base, adapters, self._scale)
+
+  def loss(self, adapters, batch: dict, rng: jax.Array):
+    return self._settings.loss(self._model(adapters), batch, rng)
+
+  def encode(self, adapters, *args, **kwargs):
+    return self._settings.encode(self._model(adapters), *args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._settings, name)
 
 
 def compiler_options(remat: bool | str = False) -> dict | None:
@@ -99,6 +124,8 @@ def value_and_grad(settings, params, batch: dict, rng: jax.Array):
 def train_step(state: TrainState, batch: dict, tx: optax.GradientTransformation, settings):
   """One optimizer step; returns (new state, metrics). `settings`: the task's step settings (see above)."""
   rng = jax.random.fold_in(state.rng, state.step)
+  if state.frozen is not None:  # LoRA: params are the adapters
+    settings = _OnFrozenBase(settings, state.frozen, state.lora_scale)
   (loss, metrics), grads = value_and_grad(settings, state.params, batch, rng)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -109,6 +109,8 @@ def export_main(*args):
      "with data.packing, a GradCache chunk is its queries and their passages: leave grad_cache.passage_chunk at 0"),
     ("--config.data.packing=True --config.data.pack_length=16", "data.pack_length 16 is shorter than the longest "
                                                                 r"text allowed \(32 tokens"),
+    ("--config.data.query_prompt=a --config.data.query_prefix=b", r"data.query_prompt 'a' and data.query_prefix 'b' "
+                                                                  r"\(its older name\) differ; set one of them"),
 ])
 def test_train_refuses_bad_settings_before_compiling(override, message, tiny_dir, tmp_path, monkeypatch):
   importlib.import_module("starbucks_jax.training.loop")  # imported before jax.jit is made to fail
@@ -237,11 +239,25 @@ def test_encode_refuses_bad_inputs_and_outputs(case, message, files, tiny_dir, t
     (dict(texts=[5]), r"texts\[0\] is int 5, not a string"),
     (dict(texts=["ok"], layer=2.5), "layer and dim must be integers, got layer=2.5"),
     (dict(texts=["ok"], dim="32"), "layer and dim must be integers, got layer=4, dim='32'"),
+    (dict(texts=["ok"], prompt=5), r'prompt must be a string \(\"\" for none\), got int 5'),
 ])
 def test_encoder_api_refuses_what_is_not_text_or_a_size(kwargs, message, tiny_dir):
   from starbucks_jax.inference.encoder import Encoder
   with pytest.raises(StarbucksError, match=message):
     Encoder.from_pretrained(tiny_dir).encode(**kwargs)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prompt", "query: ", "--prompt-name", "query"], "--prompt and --prompt-name do not combine"),
+    (["--prompt-name", "query"], r"--model .* has no prompt named 'query' \(its prompts: none\)"),
+])
+def test_encode_refuses_bad_prompts_before_loading_the_model(flags, message, files, tiny_dir, tmp_path, monkeypatch):
+  from starbucks_jax.inference.encoder import Encoder
+  monkeypatch.setattr(Encoder, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model before the error"))
+  with pytest.raises(StarbucksError, match=message):
+    encode_main("--model", str(tiny_dir), "--input", str(files / "texts.txt"), "--output", str(tmp_path / "e.npy"),
+                *flags)
+  assert not (tmp_path / "e.npy").exists()
 
 
 # --- export: --overwrite replaces a previous export and nothing else ---
@@ -313,6 +329,8 @@ def test_the_readmes_example_outputs_are_ignored_by_git():
      'error: unknown config key batch_sise; did you mean "batch_size" instead of "batch_sise"?'),
     ("encode", ["--input", "/nonexistent/texts.txt", "--output", "/tmp/e.npy"],
      "error: input file /nonexistent/texts.txt does not exist"),
+    ("encode", ["--input", "/nonexistent/texts.txt", "--output", "/tmp/e.npy", "--prompt", "q", "--prompt-name", "q"],
+     "error: --prompt and --prompt-name do not combine: give the prompt's text or its name"),
     ("export", ["--model", "/nonexistent/model", "--output", "/tmp/x"],
      "error: model folder /nonexistent/model does not exist"),
     ("mine", ["--train", str(REPO / "data" / "quickstart" / "snli_triplets.jsonl"), "--layer", "7",

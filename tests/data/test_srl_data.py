@@ -123,14 +123,17 @@ def test_triplet_rows_are_the_source_rows_in_order(tokenizer):
 
 
 def test_scored_pairs_carry_their_scores_and_prefixes(tokenizer):
-  data, rows = make(tokenizer, STSB, query_prefix="query: ", passage_prefix="passage: "), read_jsonl(STSB)
+  # Scored pairs are symmetric: both sentences take the query prompt (`data/prompts.py`); prefix is its older name.
+  data, rows = make(tokenizer, STSB, query_prefix="query: "), read_jsonl(STSB)
   batch = data.batch(0)
   chosen = [rows[i] for i in data.example_indices(0)]
   np.testing.assert_array_equal(batch["labels"], np.float32([r["score"] for r in chosen]))
   assert unpadded(batch["query_input_ids"], batch["query_attention_mask"]) == \
       [ids_of(tokenizer, "query: " + r["sentence1"]) for r in chosen]
   assert unpadded(batch["passage_input_ids"], batch["passage_attention_mask"]) == \
-      [ids_of(tokenizer, "passage: " + r["sentence2"]) for r in chosen]
+      [ids_of(tokenizer, "query: " + r["sentence2"]) for r in chosen]
+  with pytest.raises(StarbucksError, match="data.passage_prompt 'passage: ' does not apply to scored pairs"):
+    make(tokenizer, STSB, query_prompt="query: ", passage_prefix="passage: ")
 
 
 def test_tevatron_groups_hold_own_positive_then_own_negatives(tokenizer, sources):

@@ -137,7 +137,7 @@ def bad_inputs(tmp_path_factory, minilm_dir):
 
 @pytest.mark.parametrize("case, extra, message", [
     ("no weights", ["--model", "{root}/no_weights"], "no weights in"),
-    ("not bert", ["--model", "{root}/not_bert"], "model_type is 'gpt2', but only 'bert', 'modernbert', 'roberta', 'xlm-roberta' models are supported"),
+    ("not bert", ["--model", "{root}/not_bert"], "model_type is 'gpt2', but only 'bert', 'gemma3_text', 'modernbert', 'qwen3', 'roberta', 'xlm-roberta' models are supported"),
     ("layer 0", ["--layer", "0"], "layer 0 is outside 1..6"),
     ("layer above", ["--layer", "7"], "layer 7 is outside 1..6"),
     ("dim above", ["--dim", "385"], "dim 385 is outside 1..384"),

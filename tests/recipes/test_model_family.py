@@ -41,7 +41,11 @@ def renamed_folder(tmp_path_factory, minilm_dir):
 def test_unregistered_model_type_is_refused(renamed_folder):
   from starbucks_jax.errors import StarbucksError
   from starbucks_jax.hf.load import load_pretrained
-  with pytest.raises(StarbucksError, match="model_type is 'renamed_bert', but only 'bert', 'modernbert', 'roberta', 'xlm-roberta' models"):
+  from starbucks_jax.model import registry
+  # Every registered family is named (the package's list grows: BERT, RoBERTa, ModernBERT, Qwen3, ...).
+  assert {"bert", "modernbert", "qwen3", "roberta", "xlm-roberta"} <= set(registry.FAMILIES)
+  supported = ", ".join(repr(t) for t in sorted(registry.FAMILIES))
+  with pytest.raises(StarbucksError, match=f"model_type is 'renamed_bert', but only {supported} models"):
     load_pretrained(renamed_folder[0])
 
 

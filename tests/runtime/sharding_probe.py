@@ -3,7 +3,9 @@ mesh and on an 8-device mesh (fake CPU devices), printed as JSON differences. Wi
 "fsdp" the 8 devices form a data=2 x fsdp=4 mesh and parameters, optimizer state and gradients are
 sharded by the FSDP rules. A fifth argument sets the compute dtype (default float32). PROBE_FAMILY=roberta
 or modernbert in the environment runs that family instead of BERT (its positions, its registry entry and
-axes; ModernBERT's windows are 2 tokens each side of the 12-token rows)."""
+axes; ModernBERT's windows are 2 tokens each side of the 12-token rows). PROBE_LORA=r trains rank-r LoRA
+adapters on the attention projections instead, the base frozen (`training/lora.py`); their b starts at noise
+rather than zeros, so that both halves get gradients."""
 
 import os
 
@@ -77,6 +79,22 @@ def main_smae(config, params, accum, fsdp, dtype):
   compare(params, batch, settings, fsdp)
 
 
+def init_state(params, tx):
+  """The step's first state: the whole model trains, or (PROBE_LORA=r) rank-r adapters on a frozen base."""
+  rank = int(os.environ.get("PROBE_LORA", "0"))
+  if not rank:
+    return train_step.init_state(params, tx, seed=3)
+  from flax import traverse_util
+  from starbucks_jax.training.lora import LoraConfig, Trainable
+  lora = LoraConfig(rank=rank)
+  paths = lora.matrices({k: v.shape for k, v in traverse_util.flatten_dict(params, sep="/").items()})
+  state = Trainable(("encoder",), lora, paths).init_state(tx, seed=3)(params)
+  leaves, tree = jax.tree_util.tree_flatten_with_path(state.params)
+  adapters = tree.unflatten([x + 0.05 * jax.random.normal(jax.random.key(i), x.shape) if path[-1].key == "b" else x
+                             for i, (path, x) in enumerate(leaves)])
+  return state.replace(params=adapters, opt_state=tx.init(adapters))
+
+
 def compare(params, batch, settings, fsdp):
   results = {}
   import jax.numpy as jnp
@@ -90,7 +108,7 @@ def compare(params, batch, settings, fsdp):
     layout = {"data": devices // fsdp, "fsdp": fsdp} if devices == 8 else {"data": 1}
     mesh = sharding.make_mesh(ml_collections.ConfigDict(layout))
     rep, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    state = train_step.init_state(params, keep_grads, seed=3)
+    state = init_state(params, keep_grads)
     state_layout = sharding.tree_shardings(state, mesh, family_of(settings.model_config).param_axes)
 
     def run_step(s, b, mesh=mesh):
@@ -101,7 +119,7 @@ def compare(params, batch, settings, fsdp):
     placed = jax.device_put(state, state_layout)
     new_state, metrics = jax.device_get(step(placed, jax.device_put(batch, rows)))
     if devices == 8:
-      sharded = sum(1 for x in jax.tree.leaves(placed.params) if not x.is_fully_replicated)
+      sharded = sum(1 for x in jax.tree.leaves((placed.params, placed.frozen)) if not x.is_fully_replicated)
     results[devices] = (metrics, new_state.opt_state["grads"])
   (m1, g1), (m8, g8) = results[1], results[8]
   # Differences relative to each value's size (at least 1): float32 sums in another order differ by

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers import REPO
 
@@ -19,6 +20,8 @@ TOLERANCE = 1e-5
 
 def probe_results(command, **env) -> dict:
   environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  # launch/local_cpu.sh runs `python` from the PATH: this interpreter's first (an unactivated virtual environment)
+  environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
   out = subprocess.run(command, env=dict(environment, **env), capture_output=True, text=True, timeout=900, cwd=REPO)
   assert out.returncode == 0, out.stderr[-4000:]
   return json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,6 +4,8 @@ The multi-process runs themselves are in test_multihost.py."""
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,7 +67,7 @@ def test_unreachable_coordinator_is_a_clear_error(tmp_path):
           "run_cli(lambda argv: distributed.initialize())")
   env = dict(os.environ, STARBUCKS_COORDINATOR="127.0.0.1:1", STARBUCKS_NUM_PROCESSES="2", STARBUCKS_PROCESS_ID="1",
              STARBUCKS_INIT_TIMEOUT="5", JAX_PLATFORMS="cpu")
-  out = subprocess.run(["python", "-c", code], env=env, capture_output=True, text=True, timeout=120)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2, out.stderr[-2000:]
   assert "the coordinator 127.0.0.1:1 (from the explicit environment) did not answer within 5 s" in out.stderr
 
@@ -77,7 +79,9 @@ def fake_gcloud(tmp_path):
   (bin_dir / "gcloud").write_text("#!/usr/bin/env python3\nimport json, sys\n"
                                   f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
   (bin_dir / "gcloud").chmod(0o755)
-  return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TPU_NAME="pod", ZONE="us-central2-b"), calls
+  # The stand-in gcloud is `python3` from the PATH: this interpreter's folder first (an unactivated virtual environment)
+  path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+  return dict(os.environ, PATH=path, TPU_NAME="pod", ZONE="us-central2-b"), calls
 
 
 def test_tpu_pod_script_runs_setup_and_train_on_every_worker(tmp_path):

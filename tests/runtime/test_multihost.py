@@ -5,11 +5,15 @@ ahead-of-time `--dry_run`. Each run is the real `python -m starbucks_jax.train` 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import REPO
 LOCAL_CPU = REPO / "launch" / "local_cpu.sh"
+# The launch scripts start `python` from the PATH: this interpreter's folder goes first, so that the tests pass
+# from a virtual environment that is not activated too.
+PYTHON_FIRST = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 STEPS = 4
 
 
@@ -35,6 +39,7 @@ def run_args(task, model_dir, workdir=None, *extra, evaluate=False, sts=STS):
 
 def run(command, **env):
   environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  environment["PATH"] = PYTHON_FIRST
   out = subprocess.run(command, env=dict(environment, **env), capture_output=True, text=True, timeout=600, cwd=REPO)
   assert out.returncode == 0, out.stderr[-4000:]
   return out
@@ -80,6 +85,7 @@ def preempt_then_resume(command, workdir, logs):
   import signal
   import time
   environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  environment["PATH"] = PYTHON_FIRST
   launcher = subprocess.Popen(["bash", str(LOCAL_CPU), "2", "2"] + command, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True,
                               env=dict(environment, STARBUCKS_LOG_DIR=str(logs), STARBUCKS_FAULT_STEP_SLEEP="1"))
@@ -124,7 +130,7 @@ def launch_two_processes(launcher, command, workdir, logs, tmp_path, preempt=Tru
   workdir_args = train_args[train_args.index("--workdir"):train_args.index("--workdir") + 2]
   overrides = [a for a in train_args if a not in workdir_args]
   run(["bash", str(REPO / "launch" / "slurm_gpu.sbatch"), config, str(workdir)] + overrides,
-      PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_NTASKS="2", FAKE_LOG_DIR=str(logs), SLURM_JOB_ID="4242",
+      PATH=f"{bin_dir}{os.pathsep}{PYTHON_FIRST}", FAKE_NTASKS="2", FAKE_LOG_DIR=str(logs), SLURM_JOB_ID="4242",
       SLURM_SUBMIT_DIR=str(REPO), STARBUCKS_COORDINATOR_PORT=str(port), JAX_PLATFORMS="cpu",
       XLA_FLAGS="--xla_force_host_platform_device_count=2")
   assert not (tmp_path / "scontrol_calls").exists()  # finished: no requeue

@@ -46,8 +46,10 @@ def read_config(config_dict) -> TrainConfig:
   data = values.pop("data", {})
   loss = values.pop(task.loss_key, {})
   config = config_blocks.from_config_dict(TrainConfig, values, "")
-  return dataclasses.replace(config, data=config_blocks.from_config_dict(task.data_config, data, "data"),
-                             loss=config_blocks.from_config_dict(task.loss_config, loss, task.loss_key))
+  data = config_blocks.from_config_dict(task.data_config, data, "data")
+  return dataclasses.replace(config, data=data,
+                             loss=config_blocks.from_config_dict(task.loss_config, loss, task.loss_key),
+                             eval=config.eval.with_data_prompts(data))  # evaluated on the texts it trains on
 
 
 def prepare(config: TrainConfig) -> RunSetup:

@@ -74,6 +74,9 @@ def make_smae_spec(config: TrainConfig, model_config: EncoderConfig) -> SmaeSpec
 
 def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
   family_of(model_config).require_mlm("SMAE pre-training (task=smae)")  # before anything loads
+  if config.lora.enabled:
+    raise StarbucksError("lora is for SRL fine-tuning: SMAE pre-training starts a fresh MLM head and MAE decoder, "
+                         "which must train whole; set lora.rank=0")
   spec = make_smae_spec(config, model_config)
   if config.grad_cache.enabled:
     raise StarbucksError("grad_cache is for SRL's in-batch negatives; SMAE's masked-LM losses couple no "

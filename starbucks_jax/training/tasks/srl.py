@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from starbucks_jax.data import prompts
 from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.srl import DataConfig, TrainData
 from starbucks_jax.errors import StarbucksError
@@ -22,6 +23,7 @@ from starbucks_jax.losses.objectives import get_objective
 from starbucks_jax.losses.srl import srl_loss
 from starbucks_jax.losses.srl_spec import SrlLossSpec
 from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.dense_head import KEY as DENSE_HEAD, apply_dense_head
 from starbucks_jax.model.registry import family_of
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, TrainConfig
@@ -108,12 +110,13 @@ class SrlStepSettings:
 
   def encode(self, params, input_ids, attention_mask, dropout_rng, row_ids=None, **packed) -> dict:
     """{layer: [rows, hidden] float32} for every layer the loss reads; [texts, hidden] for packed rows
-    (`packed`: segment_ids, position_ids, num_texts)."""
+    (`packed`: segment_ids, position_ids, num_texts). A model's Dense modules apply after pooling, before
+    the loss cuts each pair's dims (`model/dense_head.py`)."""
     out = family_of(self.model_config).apply(
         params, input_ids, attention_mask, config=self.model_config, num_layers=self.spec.forward_layers(),
         dtype=DTYPES[self.dtype], deterministic=not self.uses_dropout, dropout_rng=dropout_rng, remat=self.remat,
         row_ids=row_ids, **packed)
-    return {n: out.pooled(n, self.pooling) for n in self.spec.pooled_layers()}
+    return {n: apply_dense_head(params, out.pooled(n, self.pooling)) for n in self.spec.pooled_layers()}
 
   def pooled_loss(self, pooled: list[dict], batch: dict, rng: jax.Array):
     query, passage = pooled
@@ -196,7 +199,7 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
 
   def load_params() -> dict:
     params = load_start_params(source)
-    for part in ("mlm_head", "mae_decoder"):  # pre-training parts; SRL trains the encoder only
+    for part in ("mlm_head", "mae_decoder"):  # pre-training parts; SRL trains the encoder (and a Dense head)
       params.pop(part, None)
     if spec.mode == "separate":
       params["encoder"] = family_of(model_config).keep_layers(params["encoder"], model_config.num_hidden_layers)
@@ -204,11 +207,13 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
 
   return RunSetup(
       model_dir=source.model_dir, model_config=model_config, tokenizer=tokenizer, data=data,
-      total_steps=config.total_steps(data.steps_per_epoch), settings=settings, trainable=("encoder",),
+      total_steps=config.total_steps(data.steps_per_epoch), settings=settings, trainable=("encoder", DENSE_HEAD),
       log_pairs=spec.log_pairs(),
       model_settings={"pooling": config.model.pooling,
                       "max_seq_length": config.export.serving_length(source, model_config),
-                      "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers},
+                      "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers,
+                      # the export's sentence-transformers prompts: the texts training put before each side
+                      "prompts": prompts.for_export(data.query_prompt, data.passage_prompt)},
       description=(f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch"
                    + (f", {grad_cache.describe(data.group_size)}" if grad_cache else "")),
       load_params=load_params)

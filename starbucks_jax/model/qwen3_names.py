@@ -1,10 +1,10 @@
-"""The test-only Qwen3 family's parameter names (`tiny_decoder.py`): its Hugging Face name table and its
-logical sharding axes, the recipe's second file.
+"""Qwen3's parameter names: the Hugging Face name table and the logical sharding axes.
 
 `Qwen3Model` names its tensors `embed_tokens.weight`, `layers.{i}.*`, `norm.weight`; `Qwen3ForCausalLM`
-(and Qwen3-Embedding folders saved from it) puts `model.` before them and adds `lm_head.weight`, which
-carries nothing an embedder keeps. No biases, no pooler, no MLM head. Older checkpoints may hold the
-rotary buffers `rotary_emb.inv_freq` (transformers recomputes them; so do we).
+puts `model.` before them and adds `lm_head.weight` (absent when `tie_word_embeddings` ties it to the
+token embeddings), which carries nothing an embedder keeps. Qwen3-Embedding folders hold either layout.
+No biases, no pooler, no MLM head. Older checkpoints may hold the rotary buffers `rotary_emb.inv_freq`
+(transformers recomputes them; so does `layers/rotary.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
 
 
 def normalise_name(name: str) -> str:
+  """A `Qwen3ForCausalLM` name -> the `Qwen3Model` one."""
   return name.removeprefix("model.")
 
 

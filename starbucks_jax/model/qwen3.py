@@ -1,21 +1,29 @@
-"""A decoder family added by the recipe in ARCHITECTURE.md, for real and for tests only: Qwen3 (the
-architecture of Qwen3-Embedding), built from the package's shared layers alone. Registered per test
-(`registry.register(FAMILY)`), never in the package.
+"""The Qwen3 family: its config, and a functional Flax decoder with the math of transformers' `Qwen3Model`
+(Qwen3 base models and the Qwen3-Embedding embedders, whose vector is the last token's state).
 
-Touch list: this file (config and forward pass), `tiny_decoder_names.py` (the name table and sharding
-axes) and one registry line (here `registry.register(FAMILY)` in the test).
+What differs from BERT (`bert.py`):
+- Token embeddings without a position table: rotary positions on queries and keys (`rope_theta`).
+- Pre-norm layers without biases: x + attn(rms(x)), then x + SwiGLU(rms(x)).
+- Attention: q, k, v projections with fewer key/value heads than query heads (grouped-query attention),
+  an RMSNorm over each query and key head (q_norm, k_norm) before the rotation, causal softmax
+  attention, o_proj. The attention width (heads x head_dim) may differ from hidden_size.
+- A final RMSNorm. As in `modernbert.py`, `hidden_states[n]` is that norm on layer n's output: what the
+  n-layer model returns as its `last_hidden_state`, so the embedding at (n, d) is what the n-layer export
+  serves (index 0: the normed embeddings).
+- Dropout only where Qwen3 has it: on the attention probabilities (`attention_dropout`).
+- No MLM head (`FAMILY.mlm` is None: SMAE is refused) and `last` pooling by default: Qwen3-Embedding's
+  tokenizer ends every text with <|endoftext|>, whose state is the embedding.
 
-The math of transformers' `Qwen3Model`:
-- token embeddings, no position table: rotary positions on queries and keys (`rope_theta`);
-- pre-norm layers without biases: x + attn(rms(x)), then x + SwiGLU(rms(x));
-- attention: q, k, v projections, an RMSNorm over each query and key head (q_norm, k_norm), rotary,
-  causal softmax attention with fewer key/value heads than query heads, o_proj; the attention width
-  (heads x head_dim) may differ from hidden_size;
-- a final RMSNorm. As in `modernbert.py`, `hidden_states[n]` is that norm on layer n's output: what the
-  n-layer model returns as `last_hidden_state` (index 0: the normed embeddings).
-Dropout only where Qwen3 has it: on the attention probabilities (`attention_dropout`).
+config.json: `rms_norm_eps`, `rope_theta` (or transformers 5's `rope_parameters`), `head_dim`,
+`num_key_value_heads`; a null `pad_token_id` falls back to `eos_token_id` (Qwen3 pads with
+<|endoftext|>); `tie_word_embeddings` concerns the LM head only, which an embedder does not keep
+(`qwen3_names.py` ignores `lm_head.weight`). What this forward pass does not compute (other activations,
+attention biases, sliding windows, scaled rotary positions) is refused when the config is read.
 
-The parameter tree (`tiny_decoder_names.py` maps it to Hugging Face names):
+Packed rows (`data/packing.py`) are causal within each text: `attention_mask_of` meets the segment mask
+and the causal one, and the rotary angles follow `position_ids`, which restart in each text.
+
+The parameter tree (`qwen3_names.py` maps it to Hugging Face names):
   embed_tokens/embedding, norm/scale, layer_{i}/input_layernorm/scale,
   layer_{i}/self_attn/{q,k,v,o}_proj/kernel, layer_{i}/self_attn/{q,k}_norm/scale,
   layer_{i}/post_attention_layernorm/scale, layer_{i}/mlp/{gate,up,down}/kernel
@@ -31,21 +39,19 @@ import jax
 import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
-from starbucks_jax.model import dense, remat as remat_lib
-from starbucks_jax.model.family import checked_layers
+from starbucks_jax.model import dense, qwen3_names, remat as remat_lib
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.dropout import Dropout
-from starbucks_jax.model.family import ModelFamily, constrain_activations, keep_first_layers
+from starbucks_jax.model.family import (ModelFamily, checked_layers, constrain_activations, init_module_params,
+                                        keep_first_layers, module_forward)
 from starbucks_jax.model.layers.attention import attend, attention_mask_of
 from starbucks_jax.model.layers.mlp import ACTIVATIONS, GatedMlp
 from starbucks_jax.model.layers.norms import RMSNorm
 from starbucks_jax.model.layers.rotary import rotary
 from starbucks_jax.model.pooling import EncoderOutput
 from starbucks_jax.model.tokens import Tokens
-from tests.recipes import tiny_decoder_names
 
 Dtype = Any
-MODEL_TYPE = "qwen3"
 _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "num_key_value_heads", "head_dim", "max_position_embeddings", "initializer_range")
 
@@ -53,8 +59,9 @@ _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
 @dataclasses.dataclass(frozen=True)
 class Qwen3Config(EncoderConfig):
   """Qwen3's hyper-parameters (Qwen3-Embedding-0.6B's defaults). `layer_norm_eps` is `rms_norm_eps`,
-  `attention_probs_dropout_prob` is `attention_dropout`; Qwen3 has no other dropout."""
-  model_type = MODEL_TYPE
+  `attention_probs_dropout_prob` is `attention_dropout`; Qwen3 has no other dropout, so
+  `hidden_dropout_prob` is read by nothing."""
+  model_type = "qwen3"
   mlp_projections = 3
   family_writes_head_sizes = True
   vocab_size: int = 151669
@@ -68,7 +75,7 @@ class Qwen3Config(EncoderConfig):
   layer_norm_eps: float = 1e-6
   hidden_dropout_prob: float = 0.0
   attention_probs_dropout_prob: float = 0.0
-  pad_token_id: int = 0
+  pad_token_id: int = 0  # padding is masked out: any id in the vocabulary serves; config.json's eos when read
   rope_theta: float = 1000000.0
 
   def __post_init__(self):
@@ -81,7 +88,8 @@ class Qwen3Config(EncoderConfig):
   @classmethod
   def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json") -> "Qwen3Config":
     """A config from config.json (transformers 5's `rope_parameters` or the older `rope_theta`); refuses
-    the math we do not implement."""
+    the math we do not implement. The pad id is `pad_token_id`, else `eos_token_id` (Qwen3's configs
+    leave the first null and pad with the second)."""
     _check_supported(hf, cls.model_type, source)
     values = {k: hf[k] for k in _SIZES if hf.get(k) is not None}
     values.update(layer_norm_eps=hf.get("rms_norm_eps", cls.layer_norm_eps),
@@ -98,7 +106,8 @@ class Qwen3Config(EncoderConfig):
       raise StarbucksError(f"{source}: {e}") from None
 
   def to_hf_dict(self, architecture: str = "Qwen3Model") -> dict[str, Any]:
-    """A config.json that transformers' Qwen3Config reads (5's rope_parameters, and rope_theta for older ones)."""
+    """A config.json that transformers' Qwen3Config reads (5's `rope_parameters`, and `rope_theta` for
+    older versions); no LM head, so nothing is tied."""
     hf = {k: getattr(self, k) for k in _SIZES}
     return {"architectures": [architecture], "model_type": self.model_type, **hf,
             "rms_norm_eps": self.layer_norm_eps, "attention_dropout": self.attention_probs_dropout_prob,
@@ -109,14 +118,15 @@ class Qwen3Config(EncoderConfig):
 
 
 def _check_supported(hf: dict, model_type: str, source: str) -> None:
+  """One error line for a config.json whose math the forward pass does not compute."""
   if hf.get("model_type") != model_type:
     raise StarbucksError(f"{source}: model_type is {hf.get('model_type')!r}, not {model_type!r}")
   if hf.get("hidden_act", "silu") != "silu":
     raise StarbucksError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu', as in Qwen3)")
   if hf.get("attention_bias"):
     raise StarbucksError(f"{source}: attention_bias true is not supported (Qwen3 checkpoints have no biases)")
-  if hf.get("use_sliding_window"):
-    raise StarbucksError(f"{source}: use_sliding_window true is not supported")
+  if hf.get("use_sliding_window") or any(t != "full_attention" for t in hf.get("layer_types") or ()):
+    raise StarbucksError(f"{source}: sliding-window layers (use_sliding_window true) are not supported")
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   if rope.get("rope_type", rope.get("type", "default")) != "default":
     raise StarbucksError(f"{source}: rope_type {rope.get('rope_type', rope.get('type'))!r} is not supported")
@@ -140,9 +150,12 @@ class SelfAttention(nn.Module):
   def __call__(self, x, mask, positions, deterministic: bool, row_ids=None):
     cfg = self.config
     batch, length, _ = x.shape
-    heads = lambda name, n: _dense(cfg, n * cfg.head_dim, self.dtype, name)(x).reshape(batch, length, n, cfg.head_dim)
-    q, k = heads("q_proj", cfg.num_attention_heads), heads("k_proj", cfg.num_key_value_heads)
-    v = heads("v_proj", cfg.num_key_value_heads)
+
+    def heads(name, n):
+      return _dense(cfg, n * cfg.head_dim, self.dtype, name)(x).reshape(batch, length, n, cfg.head_dim)
+
+    q, k, v = heads("q_proj", cfg.num_attention_heads), heads("k_proj", cfg.num_key_value_heads), \
+        heads("v_proj", cfg.num_key_value_heads)
     q = rotary(_norm(cfg, self.dtype, "q_norm")(q), positions, cfg.rope_theta).astype(v.dtype)
     k = rotary(_norm(cfg, self.dtype, "k_norm")(k), positions, cfg.rope_theta).astype(v.dtype)
     dropout = Dropout(cfg.attention_probs_dropout_prob)
@@ -169,7 +182,7 @@ class DecoderLayer(nn.Module):
     return x + mlp(h, deterministic, row_ids)
 
 
-class Qwen3Encoder(nn.Module):
+class Qwen3Decoder(nn.Module):
   """Token embeddings, the first `num_layers` layers (all when None), the final norm on every layer's output."""
   config: Qwen3Config
   dtype: Dtype = jnp.float32
@@ -195,26 +208,17 @@ class Qwen3Encoder(nn.Module):
     return EncoderOutput(tuple(hidden_states), tokens)
 
 
-def forward(params, tokens: Tokens, *, config: Qwen3Config, num_layers: Optional[int] = None,
-            dtype: Dtype = jnp.float32, deterministic: bool = True, dropout_rng: Optional[jax.Array] = None,
-            remat: bool | str = False, row_ids=None) -> EncoderOutput:
-  """Runs the model (`ModelFamily.forward`'s arguments; token_type_ids are ignored)."""
-  encoder_params = params["encoder"] if "encoder" in params else params
-  rngs = None if deterministic else {"dropout": dropout_rng}
-  return Qwen3Encoder(config, dtype, remat).apply({"params": encoder_params}, tokens, num_layers=num_layers,
-                                                  deterministic=deterministic, row_ids=row_ids, rngs=rngs)
+forward = module_forward(Qwen3Decoder)  # (`family.module_forward`; token_type_ids are ignored)
 
 
 def init_params(config: Qwen3Config, rng: jax.Array, *, with_mlm_head: bool = False) -> dict:
   """A freshly initialised tree, {"encoder"} only (no pooler; no MLM head: `FAMILY.mlm` is None)."""
   if with_mlm_head:
     FAMILY.require_mlm("an MLM head")
-  tokens = Tokens.padded(jnp.zeros((1, 2), jnp.int32))
-  return {"encoder": jax.jit(lambda r: Qwen3Encoder(config).init(r, tokens)["params"])(rng)}
+  return {"encoder": init_module_params(Qwen3Decoder, config, rng)}
 
 
 FAMILY = ModelFamily(
-    name="qwen3_recipe", config_class=Qwen3Config, forward=forward, init_params=init_params,
+    name="qwen3", config_class=Qwen3Config, forward=forward, init_params=init_params,
     init_pooler_params=lambda config, rng: {}, keep_layers=keep_first_layers,
-    hf_names=tiny_decoder_names.HF_NAMES, param_axes=tiny_decoder_names.PARAM_AXES, default_pooling="last",
-    mlm=None)
+    hf_names=qwen3_names.HF_NAMES, param_axes=qwen3_names.PARAM_AXES, default_pooling="last", mlm=None)
