@@ -5,7 +5,8 @@
 
 What a user would run on one accelerator: Qwen/Qwen3-Embedding-0.6B (28 causal layers, hidden 1024, 16
 query heads and 8 key/value heads of 128, rotary positions, a 151k-token vocabulary; `model/qwen3.py`),
-Tevatron's MS MARCO groups, 128 queries per batch with 7 hard negatives each, lengths 32/196, bf16, remat,
+Tevatron's MS MARCO groups, 128 queries per batch with 7 hard negatives each, lengths 64/196 (the
+queries carry Qwen3-Embedding's instruction prompt), bf16, remat,
 and GradCache in chunks of 16 queries and their 128 passages (the same gradients as the whole batch at
 once; `--dry_run` prints what a device must hold). The embedding is the last token's state (`last`
 pooling: the tokenizer ends every text with <|endoftext|>), every layer n serving the n-layer model with
@@ -29,15 +30,18 @@ def get_config():
   c.model.pooling = "last"
   c.model.dtype = "bfloat16"
   c.model.remat = "dots"  # GradCache bounds the activations already; "full" holds the least
-  # Instruction prompts (Qwen3-Embedding's "Instruct: ...\nQuery:" before each query) go here once the
-  # data block has them; the query length then has to grow by the instruction's tokens.
-  # LoRA adapters go here too, once the model block has them (today every weight trains).
+  # Qwen3-Embedding's instruction form on queries, none on documents (its model card's retrieval usage);
+  # the instruction's tokens count in the query length, hence 64 rather than 32.
+  c.data.query_prompt = ("Instruct: Given a web search query, retrieve relevant passages that answer the "
+                         "query\nQuery:")
+  # Full fine-tuning; for LoRA instead (adapters on the attention projections, the base frozen):
+  # --config.lora.rank=16 --config.lora.alpha=32
   c.data.source = "hf:Tevatron/msmarco-passage"
   c.data.kind = "tevatron"
   c.data.train_group_size = 8
-  c.data.query_max_length = 32
+  c.data.query_max_length = 64
   c.data.passage_max_length = 196
-  c.data.same_length = False  # queries (32) are far shorter than passages (196): encode them apart
+  c.data.same_length = False  # queries (64) are far shorter than passages (196): encode them apart
   c.starbucks.mode = "starbucks"
   c.starbucks.objective = "mnrl"
   c.starbucks.pairs = ((4, 64), (7, 128), (14, 256), (21, 512), (28, 1024))
