@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from starbucks_jax.data.masking import IGNORE, num_to_predict
-from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.smae import BATCH_KEYS
 from starbucks_jax.errors import StarbucksError
+from starbucks_jax.losses.batch import SmaeBatch
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.mlm_head import head_transform, vocab_logits
 from starbucks_jax.model.registry import family_of
@@ -107,9 +107,7 @@ class SmaeSpec:
 
 def check_batch(batch: dict, spec: SmaeSpec) -> None:
   """Raises a StarbucksError naming a missing key or a shape that disagrees (trace time only)."""
-  needed = BATCH_KEYS if spec.uses_decoder else BATCH_KEYS[:3]
-  if is_packed(batch):
-    needed = needed + ("segment_ids", "position_ids", "text_lengths")
+  needed = (BATCH_KEYS if spec.uses_decoder else BATCH_KEYS[:3]) + SmaeBatch.layout_keys(batch)
   missing = [k for k in needed if k not in batch]
   if missing:
     raise StarbucksError(f"SMAE batch lacks {', '.join(missing)}; it needs {', '.join(needed)}")
@@ -183,21 +181,21 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     loss: the scalar; metrics: {"mlm/n{n}_d{d}", "mae/n{n}_d{d}" per pair, "dropped_labels"}.
   """
   check_batch(batch, spec)
+  smae = SmaeBatch.of(batch)
   family = family_of(model_config)
-  length = batch["input_ids"].shape[1]
+  length = smae.tokens.shape[1]
   if deterministic:
     encoder_rng = decoder_rngs = None
   else:
     encoder_rng, *decoder_rngs = jax.random.split(dropout_rng, 3)
   head = params["mlm_head"]
   transform = lambda h: head_transform(head, h, layer_norm_eps=model_config.layer_norm_eps, dtype=dtype)
-  packed = packed_inputs(batch)
-  out = family.apply(params, batch["input_ids"], batch["attention_mask"], config=model_config,
-                     num_layers=spec.forward_layers(), dtype=dtype, deterministic=deterministic,
-                     dropout_rng=encoder_rng, remat=remat, **packed)
-  encoder_slots = spec.slots(length, spec.encoder_mask_rate, bool(packed)) if spec.gather else None
+  out = family.forward(params, smae.tokens, config=model_config, num_layers=spec.forward_layers(), dtype=dtype,
+                       deterministic=deterministic, dropout_rng=encoder_rng, remat=remat)
+  packed = smae.tokens.packed  # several texts a row may each round their masked count up
+  encoder_slots = spec.slots(length, spec.encoder_mask_rate, packed) if spec.gather else None
 
-  masked = LabelledPositions(batch["labels"], encoder_slots)
+  masked = LabelledPositions(smae.labels, encoder_slots)
   names, transformed, labels, dropped = [], [], [], masked.dropped
   for n, d in spec.pairs:
     names.append(metric_name("mlm", (n, d)))
@@ -205,8 +203,8 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
     labels.append(masked.labels)
 
   if spec.uses_decoder:
-    decoder_slots = spec.slots(length, spec.decoder_mask_rate, is_packed(batch)) if spec.gather else None
-    mae = _mae_terms(params, batch, out, transform, spec, model_config, dtype, decoder_slots, decoder_rngs)
+    decoder_slots = spec.slots(length, spec.decoder_mask_rate, packed) if spec.gather else None
+    mae = _mae_terms(params, smae, out, transform, spec, model_config, dtype, decoder_slots, decoder_rngs)
     names += mae[0]
     transformed += mae[1]
     labels += mae[2]
@@ -221,50 +219,44 @@ def smae_loss(params, batch: dict, *, spec: SmaeSpec, model_config: EncoderConfi
   return loss, {**losses, "dropped_labels": dropped}
 
 
-def packed_inputs(batch: dict) -> dict:
-  """The family's packed-row arguments for a packed batch; {} otherwise."""
-  if not is_packed(batch):
-    return {}
-  return {"segment_ids": batch["segment_ids"], "position_ids": batch["position_ids"],
-          "num_texts": batch["text_lengths"].shape[0]}
-
-
-def _mae_terms(params, batch, out, transform, spec: SmaeSpec, model_config, dtype, slots, rngs):
+def _mae_terms(params, smae: SmaeBatch, out, transform, spec: SmaeSpec, model_config, dtype, slots, rngs):
   """The MAE decoder's (names, transformed states, labels, dropped labels): one term per pair, each the
   decoder run over the embedded decoder input with the pair's transformed CLS vector at position 0
   (of each row; of each text in packed rows)."""
   mlm = family_of(model_config).require_mlm("SMAE's MAE decoder")
   deterministic = rngs is None
   embed_rng, decoder_rng = (None, None) if deterministic else rngs
-  packed = packed_inputs(batch)
-  decoder_input = mlm.embed(params, batch["decoder_input_ids"], config=model_config, dtype=dtype,
-                               deterministic=deterministic, dropout_rng=embed_rng,
-                               position_ids=packed.get("position_ids"))
+  tokens = smae.tokens
+  decoder_input = mlm.embed(params, smae.decoder_input_ids, config=model_config, dtype=dtype,
+                            deterministic=deterministic, dropout_rng=embed_rng, position_ids=tokens.given_positions)
   inputs = jnp.broadcast_to(decoder_input, (len(spec.pairs),) + decoder_input.shape)
-  if packed:
-    # c per pair and text, [pairs, texts, hidden], put back at each text's first token.
-    cls = jnp.stack([transform(out.cls[n][:, :d]) for n, d in spec.pairs])
-    text = jnp.clip(batch["segment_ids"], 0, packed["num_texts"] - 1)
-    first = (batch["position_ids"] == 0) & (batch["attention_mask"] > 0)
-    inputs = jnp.where(first[None, :, :, None], cls[:, text].astype(inputs.dtype), inputs)
-  else:
-    # c per pair: the head transform of the pair's CLS vector, cut to d dims; it takes position 0.
-    cls = jnp.stack([transform(out.hidden_states[n][:, 0, :d]) for n, d in spec.pairs])  # [pairs, batch, hidden]
-    inputs = inputs.at[:, :, 0].set(cls.astype(inputs.dtype))
+  inputs = _with_cls_vectors(inputs, out, transform, spec.pairs, tokens)
 
   def decode(x, rng):
-    return mlm.apply_layer(params["mae_decoder"], x, batch["attention_mask"], config=model_config, dtype=dtype,
-                              deterministic=deterministic, dropout_rng=rng, segment_ids=packed.get("segment_ids"),
-                              position_ids=packed.get("position_ids"))
+    return mlm.apply_layer(params["mae_decoder"], x, tokens.attention_mask, config=model_config, dtype=dtype,
+                           deterministic=deterministic, dropout_rng=rng, segment_ids=tokens.packed_segments,
+                           position_ids=tokens.given_positions)
 
   if deterministic:
     decoded = jax.vmap(lambda x: decode(x, None))(inputs)
   else:
     decoded = jax.vmap(decode)(inputs, jax.random.split(decoder_rng, len(spec.pairs)))
-  decoder_masked = LabelledPositions(batch["decoder_labels"], slots)
+  decoder_masked = LabelledPositions(smae.decoder_labels, slots)
   names = [metric_name("mae", pair) for pair in spec.pairs]
   transformed = [transform(decoder_masked.gather(decoded[k])) for k in range(len(spec.pairs))]
   return names, transformed, [decoder_masked.labels] * len(spec.pairs), decoder_masked.dropped
+
+
+def _with_cls_vectors(inputs, out, transform, pairs, tokens):
+  """The decoder inputs [pairs, rows, length, hidden] with c, each pair's transformed CLS vector cut to d
+  dims, in place of each text's first token: position 0 of each row, or of each text in packed rows."""
+  if tokens.packed:  # c per pair and text, [pairs, texts, hidden], gathered to each text's tokens
+    cls = jnp.stack([transform(out.cls[n][:, :d]) for n, d in pairs])
+    text = jnp.clip(tokens.segment_ids, 0, tokens.num_texts - 1)
+    first = (tokens.position_ids == 0) & (tokens.attention_mask > 0)
+    return jnp.where(first[None, :, :, None], cls[:, text].astype(inputs.dtype), inputs)
+  cls = jnp.stack([transform(out.hidden_states[n][:, 0, :d]) for n, d in pairs])  # [pairs, rows, hidden]
+  return inputs.at[:, :, 0].set(cls.astype(inputs.dtype))
 
 
 def init_decoder_params(encoder_params: dict, model_config: EncoderConfig) -> dict:

@@ -19,16 +19,17 @@ encoder, and our dropout masks are a hash of (key, row index, position) (`model/
 and gradients then equal the plain step's up to float32 summation order.
 
 Chunk k of a side holds rows k, k + count, k + 2 count, ... (count = rows / chunk rows): a strided split
-keeps each device's share of every chunk on that device, as `step._micro_batches` does.
+keeps each device's share of every chunk on that device, as `losses/batch.micro_batches` does.
 
 Packed batches (`data.packing`) come packed in one group per chunk (`data/packing.py`): chunk k is queries
 k, k + count, ... and their passages, in rows of their own, so a chunk is one encoder pass over its rows
 (`_packed_value_and_grad`); its pooled vectors are put back in the batch's order for the loss.
 
-A task's step settings opt in with `grad_cache` (a `GradCacheConfig`, or None) and provide
-`passes(batch, rng)` -> ([[Side, ...] per encoder pass], the loss's rng), `encode(params, input_ids, attention_mask,
-dropout_rng, row_ids)` -> {layer: [rows, hidden]}, and `pooled_loss([pooled of each side], batch, rng)`
--> (loss, metrics), the same functions its plain loss is made of (`tasks/srl.py`).
+The batch is read as `losses/batch.SrlBatch`. A task's step settings opt in with `grad_cache` (a
+`GradCacheConfig`, or None) and provide `passes(srl_batch, rng)` -> ([[Side, ...] per encoder pass], the
+loss's rng), `encode(params, tokens, dropout_rng, row_ids)` -> {layer: [texts, hidden]}, and
+`pooled_loss([pooled of each side], labels, rng)` -> (loss, metrics), the same functions its plain loss is
+made of (`tasks/srl.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import jax.numpy as jnp
 
 from starbucks_jax.data import packing
 from starbucks_jax.errors import StarbucksError
+from starbucks_jax.losses.batch import SrlBatch
+from starbucks_jax.model.tokens import Tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +157,7 @@ def _pooled(settings, params, sides: list[Side]) -> list[dict[int, jax.Array]]:
   """Step 1: every layer's pooled vectors of one pass's sides, a chunk at a time, keeping no activations."""
   def encode(chunk):
     input_ids, attention_mask, row_ids = chunk
-    return settings.encode(params, input_ids, attention_mask, sides[0].dropout_rng, row_ids)
+    return settings.encode(params, Tokens.padded(input_ids, attention_mask), sides[0].dropout_rng, row_ids)
 
   pooled = jax.lax.map(encode, _chunks(sides))  # {layer: [chunks, rows per chunk, hidden]}
   out, start = [], 0
@@ -170,7 +173,8 @@ def _backprop(settings, params, sides: list[Side], cotangents: list[dict[int, ja
 
   def add_chunk(total, chunk):
     input_ids, attention_mask, row_ids, cotangent = chunk
-    _, vjp = jax.vjp(lambda p: settings.encode(p, input_ids, attention_mask, sides[0].dropout_rng, row_ids), params)
+    tokens = Tokens.padded(input_ids, attention_mask)
+    _, vjp = jax.vjp(lambda p: settings.encode(p, tokens, sides[0].dropout_rng, row_ids), params)
     (chunk_grads,) = vjp(cotangent)
     return jax.tree.map(jnp.add, total, chunk_grads), None
 
@@ -183,12 +187,13 @@ def _backprop(settings, params, sides: list[Side], cotangents: list[dict[int, ja
 def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   """((loss, metrics), gradients w.r.t. params) of the whole batch, as `jax.value_and_grad(settings.loss,
   has_aux=True)` gives them, with one chunk's activations at a time."""
-  if packing.is_packed(batch):
-    return _packed_value_and_grad(settings, params, batch, rng)
-  task_passes, loss_rng = settings.passes(batch, rng)
+  srl = SrlBatch.of(batch)
+  if srl.passes[0].tokens.packed:  # chunks of whole packing groups, not of rows
+    return _packed_value_and_grad(settings, params, srl, rng)
+  task_passes, loss_rng = settings.passes(srl, rng)
   passes = _chunked_passes(task_passes)
   pooled = [vectors for sides_of_pass in passes for vectors in _pooled(settings, params, sides_of_pass)]
-  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, batch, loss_rng)
+  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl.labels, loss_rng)
   (loss, metrics), cotangents = jax.value_and_grad(loss_of_pooled, has_aux=True)(pooled)
   grads, start = jax.tree.map(jnp.zeros_like, params), 0
   for sides_of_pass in passes:
@@ -197,22 +202,22 @@ def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   return (loss, metrics), grads
 
 
-def _packed_value_and_grad(settings, params, batch: dict, rng: jax.Array):
+def _packed_value_and_grad(settings, params, srl: SrlBatch, rng: jax.Array):
   """`value_and_grad` of packed rows: chunk k is packing group k (`data/packing.py`), queries k, k + count,
   ... and their passages, in rows of their own. Its pooled vectors come out numbered within the group
   (queries, then each query's passages) and are put back in the batch's order for the loss."""
   dropout_rng, loss_rng = jax.random.split(rng)  # as the plain packed step (`tasks/srl.compute_loss`)
-  queries, passages = batch["query_lengths"].shape[0], batch["passage_lengths"].shape[0]
+  (text_pass,) = srl.passes
+  tokens, (queries, passages) = text_pass.tokens, text_pass.side_texts
   count, group = queries // settings.grad_cache.query_chunk, passages // queries
   per_chunk = queries // count  # queries of a chunk
-  rows = batch["input_ids"].shape[0]
-  chunks = {k: split(batch[k], count) for k in ("input_ids", "attention_mask", "segment_ids", "position_ids")}
-  chunks["row_ids"] = split(jnp.arange(rows, dtype=jnp.int32), count)  # the same dropout in both passes
+  chunks = {k: split(getattr(tokens, k), count) for k in ("input_ids", "attention_mask", "segment_ids", "position_ids")}
+  chunks["row_ids"] = split(jnp.arange(tokens.shape[0], dtype=jnp.int32), count)  # the same dropout in both passes
 
   def encode(p, chunk):
-    return settings.encode(p, chunk["input_ids"], chunk["attention_mask"], dropout_rng, chunk["row_ids"],
-                           segment_ids=chunk["segment_ids"], position_ids=chunk["position_ids"],
-                           num_texts=(queries + passages) // count)
+    chunk_tokens = Tokens.packed_rows(chunk["input_ids"], chunk["attention_mask"], chunk["segment_ids"],
+                                      chunk["position_ids"], num_texts=(queries + passages) // count)
+    return settings.encode(p, chunk_tokens, dropout_rng, chunk["row_ids"])
 
   def to_batch_order(v):  # [count, chunk texts, hidden] -> ([queries, hidden], [passages, hidden])
     chunk_passages = v[:, per_chunk:].reshape(count, per_chunk, group, v.shape[-1])
@@ -225,7 +230,7 @@ def _packed_value_and_grad(settings, params, batch: dict, rng: jax.Array):
   pooled = jax.lax.map(lambda chunk: encode(params, chunk), chunks)
   by_side = {layer: to_batch_order(v) for layer, v in pooled.items()}
   pooled = [{layer: v[0] for layer, v in by_side.items()}, {layer: v[1] for layer, v in by_side.items()}]
-  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, batch, loss_rng)
+  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl.labels, loss_rng)
   (loss, metrics), (query_cot, passage_cot) = jax.value_and_grad(loss_of_pooled, has_aux=True)(pooled)
   cotangents = {layer: to_chunk_order(query_cot[layer], passage_cot[layer]) for layer in query_cot}
 

@@ -2,8 +2,8 @@
 
 What the step computes comes from its settings, a static argument that the task provides
 (`tasks/srl.py` SrlStepSettings, `tasks/smae.py` SmaeStepSettings): `loss(params, batch, rng)` gives
-(loss, metrics) from the model's forward pass, `rows(batch)` the examples in a batch,
-`grad_accum_steps` the micro-batches a step is split into, and `grad_cache` (None, or GradCache's chunks
+(loss, metrics) from the model's forward pass, `grad_accum_steps` the micro-batches a step is split into
+(`losses/batch.micro_batches`), and `grad_cache` (None, or GradCache's chunks
 for SRL: `grad_cache.py`) whether the batch's loss and gradients are computed a chunk at a time. A step whose loss or gradients are not finite
 leaves parameters and optimizer state untouched and is counted in `skipped_steps`, as the paper's
 trainers do. With LoRA (`lora.py`) the state's params are the adapters and `frozen` the base: the task's
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from starbucks_jax.data import packing
+from starbucks_jax.losses import batch as batch_layout
 from starbucks_jax.model.lora import merge
 from starbucks_jax.model.remat import remat_policy
 from starbucks_jax.training import grad_cache
@@ -78,25 +78,6 @@ def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainStat
                     rng=jax.random.key(seed), skipped_steps=jnp.zeros((), jnp.int32))
 
 
-def _micro_batches(batch: dict, count: int, queries: int) -> dict:
-  """[rows, ...] -> [count, rows / count, ...], keeping each query's passages with it.
-
-  Micro-batch k takes rows k, k + count, k + 2 count, ...: a strided split keeps every device's share
-  of each micro-batch on that device, where a contiguous split would move data between devices.
-  `queries` is the number of examples; an array of G x queries rows holds G rows per example. Packed
-  batches come with their rows in `count` interleaved groups (`data/packing.py`): micro-batch k takes
-  group k's rows, and the per-text arrays (lengths, scores) split as above.
-  """
-
-  def split(x):
-    group = x.shape[0] // queries  # passages per query (1 for query-side arrays and labels)
-    x = x.reshape((queries // count, count, group) + x.shape[1:])
-    x = jnp.swapaxes(x, 0, 1)
-    return x.reshape((count, (queries // count) * group) + x.shape[3:])
-
-  return {k: packing.split_rows(v, count) if packing.is_row_array(batch, k) else split(v) for k, v in batch.items()}
-
-
 def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   """((loss, metrics), gradients) of one batch: in one pass, a chunk at a time (GradCache), or as the mean
   over `grad_accum_steps` micro-batches."""
@@ -106,7 +87,7 @@ def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   if settings.grad_accum_steps == 1:
     return grad_fn(params, batch, rng)
   count = settings.grad_accum_steps
-  micro_batches = _micro_batches(batch, count, settings.rows(batch))
+  micro_batches = batch_layout.micro_batches(batch, count)
 
   def accumulate(carry, micro):
     index, micro_batch = micro

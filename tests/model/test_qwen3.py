@@ -320,3 +320,59 @@ def test_one_and_eight_devices_agree_under_fsdp():
   assert result["devices"] == 8 and result["loss_1"] > 0.1 and result["grad_scale"] > 1e-3
   assert result["metric_diff"] <= 1e-5 and result["grad_diff"] <= 1e-5, result
   assert result["sharded_params"] == 1 + 7 * 2  # every kernel and the embedding table split over fsdp
+
+
+def test_the_trained_workdir_goes_through_every_command(padded_run, sentences, tmp_path):
+  """The trained Qwen3 workdir (last pooling) through evaluate (STS, BEIR, MTEB and the frontier at every
+  trained size), mine at (2, 16), encode at a size and the 2-layer export: each reads the workdir's
+  pooling, and each gives what our encoder's vectors give."""
+  from scipy import stats
+  from starbucks_jax.cli.encode import main as encode
+  from starbucks_jax.cli.evaluate import main as evaluate
+  from starbucks_jax.cli.export import main as export
+  from starbucks_jax.cli.mine import main as mine
+  from starbucks_jax.evaluation.datasets import load_corpus, load_sts
+  from starbucks_jax.inference.encoder import Encoder
+  from tests.evaluation.test_evaluate import STSB_TEST, small_dl19
+  rows = [json.loads(line) for line in STSB_TEST.read_text().splitlines()[:40]]
+  sts = tmp_path / "stsb_small.csv"
+  sts.write_text("sentence1,sentence2,score\n" + "".join(
+      f"\"{r['sentence1']}\",\"{r['sentence2']}\",{r['score']}\n" for r in rows))
+  beir = small_dl19(tmp_path / "dl19_small", num_queries=4, num_passages=60)
+  output = tmp_path / "out" / "results.json"
+  evaluate(["--model", str(padded_run), "--sts", str(sts), "--beir", str(beir), "--mteb", str(sts),
+            "--pairs", "1:8,2:16,4:32", "--output", str(output), "--frontier", "--cost-batch-size", "4",
+            "--cost-length", "16", "--cost-repeats", "1", "--search-corpus", "200"])
+  results = json.loads(output.read_text())
+  assert set(results["sts"]["stsb_small"]) == set(results["beir"]["dl19_small"]) == {"1,8", "2,16", "4,32"}
+  encoder = Encoder.from_pretrained(padded_run)
+  data = load_sts(str(sts))
+  a, b = (encoder.encode(texts, layer=2, dim=16, normalize=True) for texts in (data.sentence1, data.sentence2))
+  ours = 100 * stats.spearmanr(np.sum(a * b, axis=1), data.scores)[0]
+  assert abs(results["sts"]["stsb_small"]["2,16"]["spearman"] - ours) < 1e-6
+  assert abs(results["mteb"]["mteb_stsb_small"]["2,16"]["main_score"] - ours / 100) < 1e-4
+  assert set(json.loads((tmp_path / "out" / "results_frontier.json").read_text())["costs"]["encoding"]) == {"1", "2", "4"}
+
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": s}) + "\n" for i, s in enumerate(sentences[:30])))
+  groups = tmp_path / "groups.jsonl"
+  groups.write_text("".join(json.dumps({"query_id": f"q{i}", "query": sentences[40 + i], "negative_passages": [],
+                                        "positive_passages": [{"docid": f"d{i}", "title": "", "text": sentences[i]}]})
+                            + "\n" for i in range(4)))
+  mine(["--model", str(padded_run), "--layer", "2", "--dim", "16", "--train", str(groups), "--corpus", str(corpus),
+        "--output", str(tmp_path / "mined.jsonl"), "--num-negatives", "3", "--range-min", "0", "--sampling", "top",
+        "--query-max-length", "64", "--passage-max-length", "64"])
+  mined = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+  q = encoder.encode([sentences[40]], layer=2, dim=16, normalize=True, max_length=64)
+  c = encoder.encode(load_corpus(corpus).passages(), layer=2, dim=16, normalize=True, max_length=64)
+  ranking = [f"d{j}" for j in np.argsort(-(c @ q[0]), kind="stable") if j != 0]
+  assert [p["docid"] for p in mined[0]["negative_passages"]] == ranking[:3]
+
+  texts = tmp_path / "texts.txt"
+  texts.write_text("\n".join(TEXTS) + "\n")
+  encode(["--model", str(padded_run), "--layer", "2", "--dim", "16", "--input", str(texts),
+          "--output", str(tmp_path / "v.npy")])
+  np.testing.assert_allclose(np.load(tmp_path / "v.npy"), encoder.encode(TEXTS, layer=2, dim=16), atol=1e-6)
+  export(["--workdir", str(padded_run), "--num-layers", "2", "--output", str(tmp_path / "export2")])
+  np.testing.assert_allclose(Encoder.from_pretrained(tmp_path / "export2").encode(TEXTS),
+                             encoder.encode(TEXTS, layer=2), atol=1e-5)

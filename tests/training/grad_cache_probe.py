@@ -16,6 +16,7 @@ import optax
 from starbucks_jax.losses.srl_spec import SrlLossSpec
 from starbucks_jax.model import bert
 from starbucks_jax.model.bert import BertConfig
+from starbucks_jax.model.registry import family_for_type, family_of
 from starbucks_jax.runtime import distributed, sharding
 from starbucks_jax.training import step as train_step
 from starbucks_jax.training.grad_cache import GradCacheConfig
@@ -43,7 +44,14 @@ KEEP_GRADS = optax.GradientTransformation(
     lambda g, state, p=None: (jax.tree.map(jnp.zeros_like, g), {"grads": g}))
 
 
-def model(dropout: float = 0.1):
+def model(dropout: float = 0.1, family: str = "bert"):
+  """(config, random parameters) of a tiny BERT, or of a tiny Qwen3 (grouped heads, causal attention)."""
+  if family == "qwen3":
+    config = family_for_type("qwen3").config_class(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=48, max_position_embeddings=64, attention_probs_dropout_prob=dropout,
+        rope_theta=1e4)
+    return config, family_for_type("qwen3").init_params(config, jax.random.key(0))
   config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
                       intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=dropout,
                       attention_probs_dropout_prob=dropout)
@@ -69,14 +77,15 @@ def make_batch(group: int, query_length: int, passage_length: int, scored: bool)
 def settings_for(case: str, config, dtype: str = "float32", grad_cache=None) -> SrlStepSettings:
   fields, group, _, _, extra, _ = CASES[case]
   spec = SrlLossSpec(**{"pairs": PAIRS, **fields}, num_model_layers=LAYERS, hidden_size=HIDDEN, group_size=group)
+  pooling = {"pooling": family_of(config).default_pooling} if family_of(config).name != "bert" else {}
   return SrlStepSettings(model_config=config, spec=spec, dtype=dtype, grad_cache=grad_cache,
-                         **{"pooling": "mean", **extra})
+                         **{"pooling": "mean", **extra, **pooling})
 
 
 def step_results(settings, params, batch: dict, mesh):
   """(metrics, gradients) of one step on `mesh`, as host numpy arrays on every process."""
   state_layout = sharding.tree_shardings(jax.eval_shape(lambda: train_step.init_state(params, KEEP_GRADS, 3)),
-                                         mesh, bert.FAMILY.param_axes)
+                                         mesh, family_of(settings.model_config).param_axes)
   rows = sharding.batch_sharding(mesh)
 
   def run_step(s, b):
@@ -90,12 +99,13 @@ def step_results(settings, params, batch: dict, mesh):
   return jax.device_get(metrics), sharding.gather_to_host(new_state.opt_state["grads"], mesh)
 
 
-def compare(case: str, mesh, dtype: str = "float32") -> dict:
+def compare(case: str, mesh, dtype: str = "float32", family: str = "bert") -> dict:
   """The worst relative differences between the plain and the cached step: the loss; every metric (each
   pair's loss and KL, the gradient norm) relative to its size or 1, whichever is larger; and gradients: the largest difference in a leaf relative to the
   leaf's largest entry, or 1e-3 of the largest gradient anywhere if that is larger (a key bias's gradient
-  is zero but for rounding), and the norm of all differences relative to the gradient's norm."""
-  config, params = model()
+  is zero but for rounding), and the norm of all differences relative to the gradient's norm. `family`:
+  "bert", or "qwen3" with its own default pooling (last)."""
+  config, params = model(family=family)
   _, group, query_length, passage_length, _, chunks = CASES[case]
   batch = make_batch(group, query_length, passage_length, scored=CASES[case][0].get("objective") == "cosent")
   plain_metrics, plain_grads = step_results(settings_for(case, config, dtype), params, batch, mesh)

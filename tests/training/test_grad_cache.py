@@ -36,6 +36,16 @@ def test_cached_step_equals_the_plain_step_on_one_device(case):
   assert result["grad_norm"] > 1  # there were gradients to compare
 
 
+@pytest.mark.parametrize("case", ["2dmse", "two-lengths-dot-remat"])
+def test_cached_step_equals_the_plain_step_for_a_decoder_family(case):
+  """A tiny Qwen3 (causal, grouped heads, last pooling): GradCache's step is the plain one, one pass and two."""
+  result = probe.compare(case, sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1})), family="qwen3")
+  print(f"\nqwen3 {case}: loss {result['loss_diff']:.1e}, gradients {result['grad_diff']:.1e}")
+  assert result["loss_diff"] < TOLERANCE and result["metric_diff"] < TOLERANCE, result
+  assert result["grad_diff"] < TOLERANCE and result["grad_norm_diff"] < TOLERANCE, result
+  assert result["grad_norm"] > 0.1  # there were gradients to compare
+
+
 def test_cached_bfloat16_gradients_are_as_close_to_float32_as_the_plain_steps():
   errors = probe.bfloat16_errors("starbucks-scores-kl", sharding.make_mesh(ml_collections.ConfigDict({"data": 1})))
   assert errors["plain"] < 0.1 and errors["cached"] < 1.5 * errors["plain"], errors  # measured: 0.027, 0.018

@@ -49,7 +49,7 @@ def test_gradient_accumulation_averages_strided_micro_batches():
   b = batch()
   tx = optimizer()
   _, metrics = train_step.train_step(train_step.init_state(params, tx, 0), b, tx, settings(accum=2))
-  # Micro-batch k holds queries k, k+2, ... and their passages (a strided split, see _micro_batches).
+  # Micro-batch k holds queries k, k+2, ... and their passages (a strided split, see losses/batch.micro_batches).
   expected = []
   for k in range(2):
     q = np.arange(k, 8, 2)

@@ -34,7 +34,7 @@ class RunSetup:
   tokenizer: object
   data: object                     # .batch(step) -> this host's numpy arrays of global batch `step`
   total_steps: int
-  settings: object                 # the step's static settings: .loss(params, batch, rng), .rows(batch),
+  settings: object                 # the step's static settings: .loss(params, batch, rng),
                                    # .grad_accum_steps (`training/step.py`)
   trainable: tuple                 # top-level parts of the parameter tree the optimizer changes
   log_pairs: tuple                 # the (layer, dim) pairs logged and evaluated by default

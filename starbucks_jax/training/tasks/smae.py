@@ -14,7 +14,6 @@ import logging
 import jax
 import numpy as np
 
-from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.smae import TextData, TextDataConfig
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
@@ -58,10 +57,6 @@ class SmaeStepSettings:
     dropout = uses_dropout(self.model_config)
     return smae_loss(params, batch, spec=self.spec, model_config=self.model_config, dtype=DTYPES[self.dtype],
                      deterministic=not dropout, dropout_rng=rng if dropout else None, remat=self.remat)
-
-  def rows(self, batch: dict) -> int:
-    """Examples (texts) in the batch."""
-    return batch["text_lengths" if is_packed(batch) else "input_ids"].shape[0]
 
 
 def make_smae_spec(config: TrainConfig, model_config: EncoderConfig) -> SmaeSpec:

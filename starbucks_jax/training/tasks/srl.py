@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from starbucks_jax.data import prompts
-from starbucks_jax.data.packing import is_packed
 from starbucks_jax.data.srl import DataConfig, TrainData
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
+from starbucks_jax.losses.batch import SrlBatch
 from starbucks_jax.losses.mse2d import st_2dmse_layers
 from starbucks_jax.losses.objectives import get_objective
 from starbucks_jax.losses.srl import srl_loss
@@ -25,6 +24,7 @@ from starbucks_jax.losses.srl_spec import SrlLossSpec
 from starbucks_jax.model.config import EncoderConfig
 from starbucks_jax.model.dense_head import KEY as DENSE_HEAD, apply_dense_head
 from starbucks_jax.model.registry import family_of
+from starbucks_jax.model.tokens import Tokens
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, TrainConfig
 from starbucks_jax.training.grad_cache import GradCacheConfig, Side
@@ -91,60 +91,50 @@ class SrlStepSettings:
   def loss(self, params, batch: dict, rng: jax.Array):
     return compute_loss(params, batch, rng, self)
 
-  def rows(self, batch: dict) -> int:
-    """Examples (queries) in the batch; passage arrays hold a whole number of rows per query."""
-    return batch["query_lengths" if is_packed(batch) else "query_input_ids"].shape[0]
-
-  def passes(self, batch: dict, rng: jax.Array) -> tuple[list[list[Side]], jax.Array]:
-    """(the encoder passes, each a list of sides, the loss's rng). Queries and passages padded to the same
-    length are one pass (one traced encoder: half the compile time), passage rows numbered on from the
-    queries'; otherwise each side is a pass of its own, with its own dropout key."""
+  def passes(self, batch: SrlBatch, rng: jax.Array) -> tuple[list[list[Side]], jax.Array]:
+    """(GradCache's sides of each padded encoder pass, the loss's rng), each side with its dropout key, its
+    first row in its pass and its rows per chunk."""
     dropout_rng, loss_rng = jax.random.split(rng)
-    chunks = self.grad_cache.chunk_rows(self.spec.group_size) if self.grad_cache else (None, None)
-    query_ids, passage_ids = batch["query_input_ids"], batch["passage_input_ids"]
-    one_pass = query_ids.shape[1] == passage_ids.shape[1]
-    query_rng, passage_rng = (dropout_rng, dropout_rng) if one_pass else jax.random.split(dropout_rng)
-    query = Side(query_ids, batch["query_attention_mask"], query_rng, 0, chunks[0])
-    passage = Side(passage_ids, batch["passage_attention_mask"], passage_rng, query.rows if one_pass else 0, chunks[1])
-    return ([[query, passage]] if one_pass else [[query], [passage]]), loss_rng
+    chunks = iter(self.grad_cache.chunk_rows(self.spec.group_size) if self.grad_cache else (None, None))
+    out = []
+    for text_pass, pass_rng in zip(batch.passes, pass_rngs(dropout_rng, len(batch.passes))):
+      tokens, sides, start = text_pass.tokens, [], 0
+      for texts in text_pass.side_texts:
+        rows = slice(start, start + texts)
+        sides.append(Side(tokens.input_ids[rows], tokens.attention_mask[rows], pass_rng, start, next(chunks)))
+        start += texts
+      out.append(sides)
+    return out, loss_rng
 
-  def encode(self, params, input_ids, attention_mask, dropout_rng, row_ids=None, **packed) -> dict:
-    """{layer: [rows, hidden] float32} for every layer the loss reads; [texts, hidden] for packed rows
-    (`packed`: segment_ids, position_ids, num_texts). A model's Dense modules apply after pooling, before
-    the loss cuts each pair's dims (`model/dense_head.py`)."""
-    out = family_of(self.model_config).apply(
-        params, input_ids, attention_mask, config=self.model_config, num_layers=self.spec.forward_layers(),
+  def encode(self, params, tokens: Tokens, dropout_rng, row_ids=None) -> dict:
+    """{layer: [texts, hidden] float32} for every layer the loss reads. A model's Dense modules apply after
+    pooling, before the loss cuts each pair's dims (`model/dense_head.py`)."""
+    out = family_of(self.model_config).forward(
+        params, tokens, config=self.model_config, num_layers=self.spec.forward_layers(),
         dtype=DTYPES[self.dtype], deterministic=not self.uses_dropout, dropout_rng=dropout_rng, remat=self.remat,
-        row_ids=row_ids, **packed)
+        row_ids=row_ids)
     return {n: apply_dense_head(params, out.pooled(n, self.pooling)) for n in self.spec.pooled_layers()}
 
-  def pooled_loss(self, pooled: list[dict], batch: dict, rng: jax.Array):
+  def pooled_loss(self, pooled: list[dict], labels, rng: jax.Array):
     query, passage = pooled
-    return srl_loss(query, passage, batch.get("labels"), self.spec, rng)
+    return srl_loss(query, passage, labels, self.spec, rng)
+
+
+def pass_rngs(dropout_rng: jax.Array, count: int) -> list:
+  """The dropout keys of a batch's encoder passes: the one key for one pass, else one key each."""
+  return [dropout_rng] if count == 1 else list(jax.random.split(dropout_rng, count))
 
 
 def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings):
-  """(loss, metrics) for one batch; `metrics` holds each pair's loss. Each encoder pass runs once over
-  its sides, one after the other (`SrlStepSettings.passes`); packed rows are one pass whose texts are
-  the global batch's queries, then its passages (`data/srl.py`)."""
-  if is_packed(batch):
-    dropout_rng, loss_rng = jax.random.split(rng)
-    queries, passages = batch["query_lengths"].shape[0], batch["passage_lengths"].shape[0]
-    vectors = settings.encode(params, batch["input_ids"], batch["attention_mask"], dropout_rng,
-                              segment_ids=batch["segment_ids"], position_ids=batch["position_ids"],
-                              num_texts=queries + passages)
-    pooled = [{n: v[:queries] for n, v in vectors.items()}, {n: v[queries:] for n, v in vectors.items()}]
-    return settings.pooled_loss(pooled, batch, loss_rng)
-  passes, loss_rng = settings.passes(batch, rng)
+  """(loss, metrics) for one batch; `metrics` holds each pair's loss. Each encoder pass of the batch
+  (`losses/batch.SrlBatch`: queries and passages in one pass, or a pass each) runs once, one after the
+  other, and its vectors are cut into its sides'."""
+  srl = SrlBatch.of(batch)
+  dropout_rng, loss_rng = jax.random.split(rng)
   pooled = []
-  for sides in passes:
-    vectors = settings.encode(params, jnp.concatenate([side.input_ids for side in sides]),
-                              jnp.concatenate([side.attention_mask for side in sides]), sides[0].dropout_rng)
-    start = 0
-    for side in sides:
-      pooled.append({n: v[start:start + side.rows] for n, v in vectors.items()})
-      start += side.rows
-  return settings.pooled_loss(pooled, batch, loss_rng)
+  for text_pass, pass_rng in zip(srl.passes, pass_rngs(dropout_rng, len(srl.passes))):
+    pooled += text_pass.sides(settings.encode(params, text_pass.tokens, pass_rng))
+  return settings.pooled_loss(pooled, srl.labels, loss_rng)
 
 
 def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSpec:

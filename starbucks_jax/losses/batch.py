@@ -1,0 +1,133 @@
+"""The typed training batch: what the tasks, the losses and GradCache read of a batch, in one layout.
+
+The data give the step a dict of arrays, in one of two forms: padded rows, one text a row, with each
+side of an SRL example in arrays of its own (`data/srl.py`, `data/smae.py`); or packed rows, several texts
+a row (`data/packing.py`). This module is the one place that reads those keys. `SrlBatch.of` and
+`SmaeBatch.of` turn either form into encoder inputs that always carry segment ids and positions
+(`model/tokens.Tokens`: a padded batch is one text a row), and `micro_batches` splits either form. Nothing
+above asks which form a batch came in: the layout's one static difference is `Tokens.packed`, which the
+model reads (attention and pooling), and GradCache, whose chunks of packed rows must hold whole packing
+groups (`training/grad_cache.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import flax.struct
+import jax.numpy as jnp
+
+from starbucks_jax.data import packing
+from starbucks_jax.model.tokens import Tokens
+
+
+@flax.struct.dataclass
+class TextPass:
+  """The texts of one encoder pass, and how many of them each side holds.
+
+  Attributes:
+    tokens: the pass's rows (padded: one text a row; packed: texts numbered over the pass).
+    side_texts: texts per side, in the pass's order (queries, then passages; or one side alone); static.
+  """
+  tokens: Tokens
+  side_texts: tuple = flax.struct.field(pytree_node=False, default=())
+
+  def sides(self, vectors: dict) -> list[dict]:
+    """{layer: [texts, hidden]} of the whole pass -> one such dict per side."""
+    out, start = [], 0
+    for texts in self.side_texts:
+      out.append({layer: v[start:start + texts] for layer, v in vectors.items()})
+      start += texts
+    return out
+
+
+@flax.struct.dataclass
+class SrlBatch:
+  """An SRL batch: its encoder passes, which hold the queries' texts and then the passages'.
+
+  One pass when queries and passages are padded to one length (rows of both in one array, passage rows
+  numbered on from the queries') or packed (one set of rows); otherwise two, the queries' and the
+  passages'. `labels`: the scored pairs' scores (CoSENT), or None.
+  """
+  passes: tuple
+  labels: Optional[jnp.ndarray] = None
+
+  @classmethod
+  def of(cls, batch: Mapping) -> "SrlBatch":
+    queries, passages = examples(batch), _passages(batch)
+    if packing.is_packed(batch):
+      tokens = Tokens.packed_rows(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
+                                  batch["position_ids"], num_texts=queries + passages)
+      return cls((TextPass(tokens, (queries, passages)),), batch.get("labels"))
+    query_ids, passage_ids = batch["query_input_ids"], batch["passage_input_ids"]
+    if query_ids.shape[1] == passage_ids.shape[1]:
+      tokens = Tokens.padded(jnp.concatenate([query_ids, passage_ids]),
+                             jnp.concatenate([batch["query_attention_mask"], batch["passage_attention_mask"]]))
+      return cls((TextPass(tokens, (queries, passages)),), batch.get("labels"))
+    return cls((TextPass(Tokens.padded(query_ids, batch["query_attention_mask"]), (queries,)),
+                TextPass(Tokens.padded(passage_ids, batch["passage_attention_mask"]), (passages,))),
+               batch.get("labels"))
+
+  @property
+  def num_queries(self) -> int:
+    return self.passes[0].side_texts[0]
+
+
+@flax.struct.dataclass
+class SmaeBatch:
+  """An SMAE batch: the masked texts, their labels, and the MAE decoder's input and labels (or None).
+
+  Attributes:
+    tokens: the encoder input; labels: [rows, length], -100 where nothing is predicted.
+    decoder_input_ids, decoder_labels: the same layout (mode "smae"), or None.
+  """
+  tokens: Tokens
+  labels: jnp.ndarray
+  decoder_input_ids: Optional[jnp.ndarray] = None
+  decoder_labels: Optional[jnp.ndarray] = None
+
+  @classmethod
+  def of(cls, batch: Mapping) -> "SmaeBatch":
+    if packing.is_packed(batch):
+      tokens = Tokens.packed_rows(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
+                                  batch["position_ids"], num_texts=examples(batch))
+    else:
+      tokens = Tokens.padded(batch["input_ids"], batch["attention_mask"])
+    return cls(tokens, batch["labels"], batch.get("decoder_input_ids"), batch.get("decoder_labels"))
+
+  @staticmethod
+  def layout_keys(batch: Mapping) -> tuple[str, ...]:
+    """The keys a batch of its form needs besides the texts and labels: packed rows' ids and lengths."""
+    return ("segment_ids", "position_ids", "text_lengths") if packing.is_packed(batch) else ()
+
+
+def examples(batch: Mapping) -> int:
+  """Examples in a batch: its queries (SRL; CoSENT: first sentences) or its texts (SMAE)."""
+  for key in ("query_lengths", "query_input_ids", "text_lengths", "input_ids"):  # packed rows' first
+    if key in batch:
+      return int(batch[key].shape[0])
+  raise KeyError(f"a batch with none of the known example arrays: {sorted(batch)}")
+
+
+def _passages(batch: Mapping) -> int:
+  return int(batch["passage_lengths" if packing.is_packed(batch) else "passage_input_ids"].shape[0])
+
+
+def micro_batches(batch: Mapping, count: int) -> dict:
+  """[rows, ...] -> [count, rows / count, ...], keeping each example's passages with it.
+
+  Micro-batch k takes rows k, k + count, k + 2 count, ...: a strided split keeps every device's share
+  of each micro-batch on that device, where a contiguous split would move data between devices. An
+  array of G x examples rows holds G rows per example. Packed batches come with their rows in `count`
+  interleaved groups (`data/packing.py`): micro-batch k takes group k's rows, and the per-text arrays
+  (lengths, scores) split as above.
+  """
+  queries = examples(batch)
+
+  def split(x):
+    group = x.shape[0] // queries  # passages per query (1 for query-side arrays and labels)
+    x = x.reshape((queries // count, count, group) + x.shape[1:])
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape((count, (queries // count) * group) + x.shape[3:])
+
+  return {k: packing.split_rows(v, count) if packing.is_row_array(batch, k) else split(v) for k, v in batch.items()}
