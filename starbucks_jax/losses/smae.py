@@ -260,5 +260,7 @@ def _with_cls_vectors(inputs, out, transform, pairs, tokens):
 
 
 def init_decoder_params(encoder_params: dict, model_config: EncoderConfig) -> dict:
-  """The MAE decoder's initial parameters: a copy of encoder layer 1, as the paper's code does."""
-  return jax.tree.map(np.array, family_of(model_config).require_mlm("SMAE's MAE decoder").first_layer(encoder_params))
+  """The MAE decoder's initial parameters: a copy of encoder layer 1, as the paper's code does (a dry run's
+  shapes, `jax.ShapeDtypeStruct`, stay shapes)."""
+  copy = lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else np.array(x)
+  return jax.tree.map(copy, family_of(model_config).require_mlm("SMAE's MAE decoder").first_layer(encoder_params))

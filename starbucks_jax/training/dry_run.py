@@ -3,7 +3,9 @@ mesh without running it, and print what each device must hold.
 
 The step is lowered with abstract arguments (shapes, dtypes and the run's shardings, so nothing is
 placed on a device) for the longest batch the data can give, and compiled by XLA for the backend at
-hand. Parameter and optimizer-state bytes per device follow from the sharding rules; activation bytes
+hand. The parameters are abstract too (the family's random init, shape-evaluated: `tasks/base.py`
+`start_params`): no weight is read, so a model folder with only config.json and a tokenizer serves, and
+an 8B model costs no host memory. Parameter and optimizer-state bytes per device follow from the sharding rules; activation bytes
 are XLA's temporaries of the compiled step. With GradCache on, the plain step is compiled too and both
 figures are printed. With LoRA (`lora.py`) the parameters are the frozen base plus the adapters, and
 the trainable bytes and the optimizer state are the adapters' alone. With `--cpu_devices N` a pod's mesh
@@ -25,7 +27,7 @@ from starbucks_jax.training.loop import build, jit_step
 def dry_run(config_dict) -> dict:
   """Compiles the step for the configured mesh without running it; prints memory per device."""
   config = tasks.read_config(config_dict)
-  run = build(config)
+  run = build(config, abstract_params=True)  # shapes only: no weight is read
   abstract = lambda tree, shardings: jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
   state = abstract(jax.eval_shape(run.init_state, run.params), run.state_shardings)
@@ -39,7 +41,9 @@ def dry_run(config_dict) -> dict:
   report = _report(compiled, time.perf_counter() - started, run, state, local_batch)
   if run.setup.settings.grad_cache:  # what the same batch needs without it
     plain = jit_step(dataclasses.replace(run.setup.settings, grad_cache=None), run.tx, run.mesh, run.state_shardings)
+    started = time.perf_counter()
     memory = plain.lower(state, batch).compile().memory_analysis()
+    report["plain_compile_seconds"] = time.perf_counter() - started
     report["plain_activations_bytes"] = int(memory.temp_size_in_bytes)
     report["plain_total_bytes"] = report["total_bytes"] - report["activations_bytes"] + int(memory.temp_size_in_bytes)
   if jax.process_index() == 0:
@@ -98,5 +102,6 @@ def format_dry_run(report: dict, config, platform: str) -> str:
   if "plain_activations_bytes" in report:
     lines += ["without grad_cache (the plain step, same batch):",
               f"  activations       {gib(report['plain_activations_bytes'])}",
-              f"  total             {gib(report['plain_total_bytes'])}"]
+              f"  total             {gib(report['plain_total_bytes'])}",
+              f"  compiled in       {report['plain_compile_seconds']:9.1f} s"]
   return "\n".join(lines)

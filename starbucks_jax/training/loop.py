@@ -48,15 +48,16 @@ class PreparedRun:
   mesh: object
   tx: object
   schedule: object
-  params: dict | None      # the starting parameters, on the host (None once the state holds them)
+  params: dict | None      # the starting parameters, on the host (None once the state holds them;
+                           # shapes alone in a dry run)
   state_shardings: object
   step_fn: object          # jitted (state, batch) -> (state, metrics), state donated
   init_state: object       # params -> the first TrainState (full fine-tuning, or LoRA: `lora.py`)
 
 
-def build(config: TrainConfig) -> PreparedRun:
+def build(config: TrainConfig, *, abstract_params: bool = False) -> PreparedRun:
   """Joins the other processes, checks the model and the data, and sets up mesh, optimizer, weights and the
-  (not yet compiled) step."""
+  (not yet compiled) step. `abstract_params` (the dry run): the weights are only shapes, none is read."""
   distributed.initialize()
   setup = tasks.prepare(config)
   lora.check_targets(config.lora, setup.model_config)  # before any weight is read
@@ -68,7 +69,7 @@ def build(config: TrainConfig) -> PreparedRun:
   if setup.model_config.hidden_size % mesh.shape[sharding.FSDP_AXIS]:
     log.warning("hidden size %d is not divisible by mesh.fsdp=%d: parameters stay replicated",
                 setup.model_config.hidden_size, mesh.shape[sharding.FSDP_AXIS])
-  params = setup.load_params()
+  params = setup.load_params(abstract=abstract_params)
   trainable = lora.trainable(config, setup, params)  # the model's parts, or LoRA adapters on a frozen base
   setup.model_settings.update(trainable.record)  # what readers of a LoRA workdir merge by
   tx, schedule = optim.make_optimizer(config.optimizer, setup.total_steps, trainable=trainable.parts)

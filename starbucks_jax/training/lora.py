@@ -140,7 +140,8 @@ def _adapter_state(params, *, tx, seed: int, paths, rank: int, scale: float):
 
 def trainable(config, setup, params: dict) -> Trainable:
   """Full fine-tuning of the task's parts, or (lora.rank > 0) adapters on the targets' matrices of the
-  starting `params` (host arrays), with the record of the base they are trained on."""
+  starting `params` (host arrays, or a dry run's shapes: no fingerprint then), with the record of the base
+  they are trained on."""
   lora = config.lora
   if not lora.enabled:
     return Trainable(tuple(setup.trainable), lora)
@@ -149,8 +150,12 @@ def trainable(config, setup, params: dict) -> Trainable:
   base, step = _base_of(config)
   record = {"lora": {"base": base, "base_step": step, "rank": lora.rank, "alpha": lora.alpha, "scale": lora.scale,
                      "targets": list(lora.targets), "parts": sorted(params),
-                     "fingerprint": lora_tree.fingerprint(params)}}
+                     "fingerprint": None if _is_abstract(params) else lora_tree.fingerprint(params)}}
   return Trainable(tuple(sorted({path.split("/")[0] for path in paths})), lora, paths, record)
+
+
+def _is_abstract(params: dict) -> bool:
+  return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
 
 
 def _base_of(config) -> tuple[str, int | None]:

@@ -4,7 +4,8 @@ A task (`srl`: fine-tuning on queries and passages; `smae`: pre-training on raw 
 module: its config blocks (`data` and its loss block), its data, the static settings of its step (the
 forward pass and the loss), which parts of the parameter tree train, and what an export needs to know.
 `prepare` gives the loop a `RunSetup`; it checks the config, the model's size and the data, and reads
-no weights and compiles nothing.
+no weights and compiles nothing. The weights are read when the loop calls `load_params()`; a dry run
+calls `load_params(abstract=True)`: their shapes alone (`start_params`).
 
 Both tasks start from `model.name`, or from `init_from`: a training workdir (its newest checkpoint, or
 `init_from_step`; its `model/` config and tokenizer) or an exported Hugging Face folder
@@ -18,8 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import jax
+
 from starbucks_jax.hf import load
 from starbucks_jax.model.config import EncoderConfig
+from starbucks_jax.model.registry import family_of
 from starbucks_jax.runtime import workdir
 from starbucks_jax.training.config import TrainConfig
 
@@ -40,7 +44,8 @@ class RunSetup:
   log_pairs: tuple                 # the (layer, dim) pairs logged and evaluated by default
   model_settings: dict             # written to workdir/model/starbucks.json: what export needs
   description: str                 # one log line saying what is trained
-  load_params: Callable[[], dict]  # the starting parameters, read only when called
+  load_params: Callable[..., dict]  # the starting parameters, read only when called; with abstract=True
+                                    # their shapes alone (jax.ShapeDtypeStruct), nothing read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +77,19 @@ def model_source(config: TrainConfig) -> workdir.ModelSource:
   return workdir.resolve(load.default_model_dir() if name == "minilm" else name, what="model.name")
 
 
-def load_start_params(source: workdir.ModelSource) -> dict:
+def start_params(source: workdir.ModelSource, model_config: EncoderConfig, *, abstract: bool = False) -> dict:
+  """The starting parameters, read from `source`; or, `abstract` (`--dry_run`), only their shapes and dtypes:
+  the family's random init shape-evaluated (with its MLM head where it has one, as a pre-trained checkpoint
+  does), so no weight is read or allocated and a folder with only config.json and a tokenizer serves an 8B
+  model. A Hugging Face folder's Dense modules after pooling (small) are read as a real run reads them; a
+  workdir's shapes are its model/ config's (a Dense head in its checkpoints is not counted)."""
+  if abstract:
+    family = family_of(model_config)
+    params = jax.eval_shape(lambda: family.init_params(model_config, jax.random.key(0),
+                                                       with_mlm_head=family.mlm is not None))
+    if source.workdir is None:
+      params.update(jax.eval_shape(lambda: load.read_dense_head(source.model_dir, model_config.hidden_size)))
+    return dict(params)
   params, step = source.load_params()
   if step is not None:
     log.info("starting from %s, checkpoint at step %d", source.workdir, step)

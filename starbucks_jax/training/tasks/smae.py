@@ -24,7 +24,7 @@ from starbucks_jax.model.registry import family_of
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, ModelOptions, TrainConfig
 from starbucks_jax.training.optim import OptimizerConfig
-from starbucks_jax.training.tasks.base import RunSetup, Task, load_start_params, uses_dropout
+from starbucks_jax.training.tasks.base import RunSetup, Task, start_params, uses_dropout
 
 log = logging.getLogger("starbucks_jax.train")
 
@@ -89,8 +89,8 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                               remat=config.model.remat, grad_accum_steps=config.grad_accum_steps)
   trainable = ("encoder", "mlm_head", "mae_decoder") if spec.uses_decoder else ("encoder", "mlm_head")
 
-  def load_params() -> dict:
-    params = load_start_params(source)
+  def load_params(abstract: bool = False) -> dict:
+    params = start_params(source, model_config, abstract=abstract)
     if "mlm_head" not in params:
       log.warning("%s has no MLM head: initialised its transform dense, LayerNorm and output bias "
                   "(normal(%g), ones, zeros)", source.name, model_config.initializer_range)

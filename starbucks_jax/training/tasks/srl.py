@@ -28,7 +28,7 @@ from starbucks_jax.model.tokens import Tokens
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, TrainConfig
 from starbucks_jax.training.grad_cache import GradCacheConfig, Side
-from starbucks_jax.training.tasks.base import RunSetup, Task, load_start_params, uses_dropout
+from starbucks_jax.training.tasks.base import RunSetup, Task, start_params, uses_dropout
 
 
 # The loss spec's own defaults, so that each is written once (`losses/srl_spec.py`).
@@ -187,8 +187,8 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                              dtype=config.model.dtype, remat=config.model.remat,
                              grad_accum_steps=config.grad_accum_steps, grad_cache=grad_cache)
 
-  def load_params() -> dict:
-    params = load_start_params(source)
+  def load_params(abstract: bool = False) -> dict:
+    params = start_params(source, model_config, abstract=abstract)
     for part in ("mlm_head", "mae_decoder"):  # pre-training parts; SRL trains the encoder (and a Dense head)
       params.pop(part, None)
     if spec.mode == "separate":
