@@ -13,7 +13,10 @@ folders hold only the real models' config.json and a tokenizer (the packaged Min
 token ids, not Qwen3's), written under a temporary directory; the parameters are abstract (shapes only),
 so an 8B model costs no host memory. The data is the shipped SciFact groups (../shared/data), padded to
 the maximum lengths. The 36-layer models get the config's five pairs spread over 36 layers. The figures
-are XLA's for the CPU backend (its temporaries, not a TPU's); 16 GiB is a TPU v5e chip's HBM.
+are XLA's for the CPU backend (its temporaries, not a TPU's); 16 GiB is a TPU v5e chip's HBM. XLA_FLAGS
+reach the subprocesses (the header prints them): with
+XLA_FLAGS=--xla_disable_hlo_passes=while-loop-invariant-code-motion the GradCache step keeps XLA from
+hoisting work on the whole model out of its chunk loops (BENCHMARKS.md, "Qwen3 at real sizes").
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ def main():
   if args.child:
     return child(json.loads(args.child))
   root = Path(tempfile.mkdtemp(prefix="qwen3_dry_run_"))
-  print("GiB per device; XLA's CPU figures; fits: total <= 16 GiB (a TPU v5e chip's HBM)", flush=True)
+  print("GiB per device; XLA's CPU figures; fits: total <= 16 GiB (a TPU v5e chip's HBM); XLA_FLAGS: "
+        f"{os.environ.get('XLA_FLAGS') or 'none'}", flush=True)
   print(HEADER, flush=True)
   for size in args.sizes.split(","):
     folder = model_folder(root, size)
