@@ -32,13 +32,14 @@ class TextPass:
   tokens: Tokens
   side_texts: tuple = flax.struct.field(pytree_node=False, default=())
 
+  def side_rows(self) -> list[slice]:
+    """Each side's texts in the pass: rows of a padded pass, vectors of any pass."""
+    starts = [sum(self.side_texts[:i]) for i in range(len(self.side_texts))]
+    return [slice(start, start + texts) for start, texts in zip(starts, self.side_texts)]
+
   def sides(self, vectors: dict) -> list[dict]:
     """{layer: [texts, hidden]} of the whole pass -> one such dict per side."""
-    out, start = [], 0
-    for texts in self.side_texts:
-      out.append({layer: v[start:start + texts] for layer, v in vectors.items()})
-      start += texts
-    return out
+    return [{layer: v[rows] for layer, v in vectors.items()} for rows in self.side_rows()]
 
 
 @flax.struct.dataclass
@@ -67,10 +68,6 @@ class SrlBatch:
     return cls((TextPass(Tokens.padded(query_ids, batch["query_attention_mask"]), (queries,)),
                 TextPass(Tokens.padded(passage_ids, batch["passage_attention_mask"]), (passages,))),
                batch.get("labels"))
-
-  @property
-  def num_queries(self) -> int:
-    return self.passes[0].side_texts[0]
 
 
 @flax.struct.dataclass

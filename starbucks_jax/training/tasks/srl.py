@@ -98,12 +98,9 @@ class SrlStepSettings:
     chunks = iter(self.grad_cache.chunk_rows(self.spec.group_size) if self.grad_cache else (None, None))
     out = []
     for text_pass, pass_rng in zip(batch.passes, pass_rngs(dropout_rng, len(batch.passes))):
-      tokens, sides, start = text_pass.tokens, [], 0
-      for texts in text_pass.side_texts:
-        rows = slice(start, start + texts)
-        sides.append(Side(tokens.input_ids[rows], tokens.attention_mask[rows], pass_rng, start, next(chunks)))
-        start += texts
-      out.append(sides)
+      tokens = text_pass.tokens
+      out.append([Side(tokens.input_ids[rows], tokens.attention_mask[rows], pass_rng, rows.start, next(chunks))
+                  for rows in text_pass.side_rows()])
     return out, loss_rng
 
   def encode(self, params, tokens: Tokens, dropout_rng, row_ids=None) -> dict:
