@@ -135,6 +135,17 @@ def merge(x: jax.Array) -> jax.Array:
   return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
 
+def _in_loop(params: Any, chunk: Any) -> tuple[Any, Any]:
+  """`params` and `chunk` as one value that XLA must treat as new in every iteration of a chunk loop.
+
+  The encoder's work on the parameters alone (FSDP's all-gather of each layer's weights, their cast to the
+  compute dtype) does not depend on the chunk, so XLA's loop-invariant code motion would lift it out of the
+  loop and hold every layer's gathered weights for the whole loop: more memory than the plain step at 4B
+  and 8B (BENCHMARKS.md, "Qwen3 at real sizes"). Tied to the chunk by an optimization barrier, it stays in
+  the loop body, one layer's weights at a time."""
+  return jax.lax.optimization_barrier((params, chunk))
+
+
 def _chunked_passes(passes: list[list[Side]]) -> list[list[Side]]:
   """The task's encoder passes, each encoded chunk by chunk: chunk k of a pass is chunk k of each of its
   sides, one after the other. Sides of one pass that are cut into different numbers of chunks (an explicit
@@ -156,8 +167,8 @@ def _chunks(sides: list[Side]) -> tuple[jax.Array, jax.Array, jax.Array]:
 def _pooled(settings, params, sides: list[Side]) -> list[dict[int, jax.Array]]:
   """Step 1: every layer's pooled vectors of one pass's sides, a chunk at a time, keeping no activations."""
   def encode(chunk):
-    input_ids, attention_mask, row_ids = chunk
-    return settings.encode(params, Tokens.padded(input_ids, attention_mask), sides[0].dropout_rng, row_ids)
+    loop_params, (input_ids, attention_mask, row_ids) = _in_loop(params, chunk)
+    return settings.encode(loop_params, Tokens.padded(input_ids, attention_mask), sides[0].dropout_rng, row_ids)
 
   pooled = jax.lax.map(encode, _chunks(sides))  # {layer: [chunks, rows per chunk, hidden]}
   out, start = [], 0
@@ -172,9 +183,9 @@ def _backprop(settings, params, sides: list[Side], cotangents: list[dict[int, ja
   count = sides[0].rows // sides[0].chunk_rows
 
   def add_chunk(total, chunk):
-    input_ids, attention_mask, row_ids, cotangent = chunk
+    loop_params, (input_ids, attention_mask, row_ids, cotangent) = _in_loop(params, chunk)
     tokens = Tokens.padded(input_ids, attention_mask)
-    _, vjp = jax.vjp(lambda p: settings.encode(p, tokens, sides[0].dropout_rng, row_ids), params)
+    _, vjp = jax.vjp(lambda p: settings.encode(p, tokens, sides[0].dropout_rng, row_ids), loop_params)
     (chunk_grads,) = vjp(cotangent)
     return jax.tree.map(jnp.add, total, chunk_grads), None
 
@@ -227,7 +238,7 @@ def _packed_value_and_grad(settings, params, srl: SrlBatch, rng: jax.Array):
     chunk_passages = jnp.swapaxes(passage.reshape(per_chunk, count, group, passage.shape[-1]), 0, 1)
     return jnp.concatenate([split(query, count), chunk_passages.reshape(count, per_chunk * group, -1)], axis=1)
 
-  pooled = jax.lax.map(lambda chunk: encode(params, chunk), chunks)
+  pooled = jax.lax.map(lambda chunk: encode(*_in_loop(params, chunk)), chunks)
   by_side = {layer: to_batch_order(v) for layer, v in pooled.items()}
   pooled = [{layer: v[0] for layer, v in by_side.items()}, {layer: v[1] for layer, v in by_side.items()}]
   loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl.labels, loss_rng)
@@ -235,8 +246,8 @@ def _packed_value_and_grad(settings, params, srl: SrlBatch, rng: jax.Array):
   cotangents = {layer: to_chunk_order(query_cot[layer], passage_cot[layer]) for layer in query_cot}
 
   def add_chunk(total, chunk_and_cotangent):
-    chunk, cotangent = chunk_and_cotangent
-    _, vjp = jax.vjp(lambda p: encode(p, chunk), params)
+    loop_params, (chunk, cotangent) = _in_loop(params, chunk_and_cotangent)
+    _, vjp = jax.vjp(lambda p: encode(p, chunk), loop_params)
     (chunk_grads,) = vjp(cotangent)
     return jax.tree.map(jnp.add, total, chunk_grads), None
 
