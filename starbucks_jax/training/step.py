@@ -51,7 +51,11 @@ class _OnFrozenBase:
     return self._settings.loss(self._model(adapters), batch, rng)
 
   def encode(self, adapters, *args, **kwargs):
-    return self._settings.encode(self._model(adapters), *args, **kwargs)
+    # GradCache encodes in chunk loops, with the adapters tied to each chunk (`grad_cache._in_loop`). Tied to
+    # them, the base is new in every iteration too, so XLA cannot lift the base's per-layer gathers and casts
+    # out of the loops and hold the whole base at once (BENCHMARKS.md, "Qwen3 at real sizes").
+    base, adapters = jax.lax.optimization_barrier((self._base, adapters))
+    return self._settings.encode(merge(base, adapters, self._scale), *args, **kwargs)
 
   def __getattr__(self, name):
     return getattr(self._settings, name)
