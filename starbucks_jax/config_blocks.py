@@ -11,6 +11,7 @@ overrides); the two meet here:
 `where.key`; a float setting takes an int, a tuple setting a list. A field whose metadata has
 `"parse": fn` is read with `fn(value, "where.key")` instead (pairs, say); a field typed as a union
 (`bool | str`) takes any value in its ConfigDict, and needs such a parse. A field whose metadata has
+`"as_config": fn` is written to its ConfigDict as `fn(value)` (a mapping of entries: a data mixture). A field whose metadata has
 `"flatten": True` is a mapping whose entries sit directly in the block's ConfigDict (the evaluation
 block's one entry per evaluator). A field whose metadata has `"external": True` is left out both ways:
 its caller reads and writes it (a training task's own blocks).
@@ -73,6 +74,8 @@ def to_config_dict(block):
     if field.metadata.get("flatten"):
       for key, entry in value.items():
         cd[key] = entry
+    elif field.metadata.get("as_config"):
+      cd[field.name] = ml_collections.ConfigDict(field.metadata["as_config"](value))
     elif dataclasses.is_dataclass(value):
       cd[field.name] = to_config_dict(value)
     elif value is None:

@@ -23,6 +23,8 @@ QUERY = "query"
 DOCUMENT = "document"
 # The names sentence-transformers' encode_document tries, in turn.
 DOCUMENT_NAMES = ("document", "passage", "corpus")
+# What a mixture's prompts may hold (`data/mixture_config.py`): each source's name and instruction.
+TEMPLATE_FIELDS = ("{name}", "{instruction}")
 
 
 def check(prompt, where: str) -> str:
@@ -54,6 +56,11 @@ def data_prompts(block, *, scored: bool = False) -> tuple[str, str]:
     raise StarbucksError(f"data.passage_prompt {passage!r} does not apply to scored pairs: both sentences take "
                          "data.query_prompt (one prompt for a symmetric task)")
   return query, query if scored else passage
+
+
+def untemplated(prompt: str) -> str:
+  """`prompt`, or "" when it holds a source's "{name}" or "{instruction}" (a template, no one text)."""
+  return "" if any(field in prompt for field in TEMPLATE_FIELDS) else prompt
 
 
 def for_export(query: str, document: str) -> dict[str, str]:

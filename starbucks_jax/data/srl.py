@@ -42,6 +42,7 @@ padded to the max lengths instead, and all hosts always agree without exchanging
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import Mapping, Sequence
@@ -49,14 +50,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax import config_blocks
-from starbucks_jax.data import packing, prompts, schemas, sources
+from starbucks_jax.data import groups as groups_lib, packing, prompts, schemas, sources
+from starbucks_jax.data.mixture_config import SAMPLINGS, mixture_entries, parse_mixture
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import as_passages
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
-
-MAX_FILL_ROUNDS = 100  # rounds of drawing other queries' positives before a group counts as unfillable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,10 @@ class DataConfig:
     pack_length: tokens per packed row; None: the larger max length. Positions restart in every text,
       so it may exceed the model's max_position_embeddings.
     pack_rows: packed rows per host and batch (or micro-batch, chunk); None: estimated from the first batches.
+    mixture: several sources instead of `source`: {name: {source, weight, objective, instruction, any field
+      above but the shared layout}} (`mixture.py`); each batch comes from one of them.
+    sampling: a mixture's steps per source: "size" (each source's epoch) or "weights" (shares by weight).
+    mix_sources: a mixture's batches hold rows of every source instead of one (one objective, one group size).
   """
   source: str = ""
   split: str = "train"
@@ -103,10 +107,17 @@ class DataConfig:
   packing: bool = False
   pack_length: int | None = None
   pack_rows: int | None = None
+  mixture: tuple = dataclasses.field(default=(), metadata={"parse": parse_mixture, "as_config": mixture_entries})
+  sampling: str = "size"
+  mix_sources: bool = False
 
   def __post_init__(self):
-    if not isinstance(self.source, str) or not self.source.strip():
-      raise StarbucksError("data.source is not set: give a file path, hf:NAME or tfds:NAME")
+    if self.mixture and self.source:
+      raise StarbucksError("data.source and data.mixture are both set: a mixture names each source's own")
+    if not self.mixture and (not isinstance(self.source, str) or not self.source.strip()):
+      raise StarbucksError("data.source is not set: give a file path, hf:NAME or tfds:NAME (or a data.mixture)")
+    if self.sampling not in SAMPLINGS:
+      raise StarbucksError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
     if self.kind != "auto" and self.kind not in schemas.KINDS:
       raise StarbucksError(f"data.kind must be auto or one of {', '.join(schemas.KINDS)}, got {self.kind!r}")
     for name, least in (("train_group_size", 1), ("query_max_length", 2), ("passage_max_length", 2)):
@@ -131,21 +142,6 @@ class DataConfig:
   def from_config_dict(cls, cd) -> "DataConfig":
     """From an ml_collections ConfigDict (or any mapping) with some of this class's fields."""
     return config_blocks.from_config_dict(cls, cd, "data")
-
-
-@dataclasses.dataclass
-class _Group:
-  """A Tevatron group being built: the passages chosen so far and the query's own positives."""
-  row: int
-  rng: np.random.Generator
-  own: list[dict]
-  passages: list[dict]
-
-
-def _same_passage(a: Mapping, b: Mapping) -> bool:
-  if a.get("docid") and a.get("docid") == b.get("docid"):
-    return True
-  return a["text"] == b["text"] and (a.get("title") or "") == (b.get("title") or "")
 
 
 class TrainData(HostBatches):
@@ -201,6 +197,15 @@ class TrainData(HostBatches):
                                        self.pack_groups) if config.packing else None)
     log.info("%s: %d %s examples, %d passage(s) per query, %d steps per epoch of %d", self.table.name,
              self.num_examples, self.kind, self.group_size, self.steps_per_epoch, self.global_batch_size)
+
+  def resized(self, global_batch_size: int) -> "TrainData":
+    """The same data in global batches of `global_batch_size` (a mixed batch's share); nothing is read again."""
+    out = copy.copy(self)
+    HostBatches.__init__(out, global_batch_size=global_batch_size, seed=self.seed, process_index=self.process_index,
+                         process_count=self.process_count, fixed_lengths=self.fixed_lengths)
+    out.order = EpochOrder(self.seed, self.num_examples, global_batch_size)
+    out.steps_per_epoch = out.order.steps_per_epoch
+    return out
 
   def _report_fill(self, negative_counts: np.ndarray | None) -> None:
     wanted = self.group_size - 1
@@ -311,40 +316,8 @@ class TrainData(HostBatches):
       negatives = as_passages(values[s.negative][i]) if s.negative else []
       picks = (rng.choice(len(negatives), size - 1, replace=False) if len(negatives) >= size - 1
                else rng.permutation(len(negatives)))
-      groups.append(_Group(int(row), rng, own, [own[rng.integers(len(own))]] +
+      groups.append(groups_lib.Group(int(row), rng, own, [own[rng.integers(len(own))]] +
                            [negatives[j] for j in picks]))
-    self._fill([g for g in groups if len(g.passages) < size])
+    groups_lib.fill([g for g in groups if len(g.passages) < size], self.table, self.schema.positive, size)
     passages = [self._passage_text(p) for g in groups for p in g.passages]
     return values[s.query], passages
-
-  def _fill(self, groups: list[_Group]) -> None:
-    """Completes short groups with positives of other queries, each group drawing from its own rng.
-
-    A round draws, for every short group, as many other rows as it lacks passages, reads their
-    positives in one call, and takes one of each at random unless it is (or duplicates) one of the
-    query's own positives or a passage already in the group. Each group's draws depend only on its own
-    rng and the data, so the result does not depend on which host or batch the query is in.
-    """
-    for _ in range(MAX_FILL_ROUNDS):
-      if not groups:
-        return
-      if self.num_examples < 2:
-        break
-      draws = {}
-      for g in groups:
-        others = g.rng.integers(self.num_examples - 1, size=self.group_size - len(g.passages))
-        draws[g.row] = others + (others >= g.row)  # skips the query's own row
-      wanted = np.unique(np.concatenate(list(draws.values())))
-      read = self.table.read(wanted, [self.schema.positive])[self.schema.positive]
-      positives = dict(zip(wanted.tolist(), read))
-      for g in groups:
-        for other in draws[g.row].tolist():
-          candidates = as_passages(positives[other])
-          candidate = candidates[g.rng.integers(len(candidates))]
-          if not any(_same_passage(candidate, p) for p in g.own + g.passages):
-            g.passages.append(candidate)
-      groups = [g for g in groups if len(g.passages) < self.group_size]
-    if groups:
-      raise StarbucksError(f"{self.table.name}: cannot fill the group of row {groups[0].row + 1} with "
-                           f"{self.group_size - 1} passages that are not its own positives: the data has "
-                           f"too few distinct positive passages for train_group_size {self.group_size}")

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from starbucks_jax.data.prompts import check as check_prompt, data_prompts
+from starbucks_jax.data.prompts import check as check_prompt, data_prompts, untemplated
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.model.remat import parse_remat, remat_policy
 from starbucks_jax.evaluation.evaluator import EvalOptions
@@ -132,7 +132,8 @@ class EvalConfig:
 
   def with_data_prompts(self, data) -> "EvalConfig":
     """The block with each unset prompt taken from the training data block's (an SMAE text block has none)."""
-    query, passage = data_prompts(data) if hasattr(data, "query_prompt") else ("", "")
+    # A mixture's prompts that hold a source's "{name}" or "{instruction}" are no one text: none (`prompts.py`).
+    query, passage = map(untemplated, data_prompts(data)) if hasattr(data, "query_prompt") else ("", "")
     return dataclasses.replace(self, query_prompt=query if self.query_prompt is None else self.query_prompt,
                                passage_prompt=passage if self.passage_prompt is None else self.passage_prompt)
 

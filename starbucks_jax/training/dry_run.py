@@ -37,7 +37,7 @@ def dry_run(config_dict) -> dict:
   batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=rows)
            for k, v in local_batch.items()}
   started = time.perf_counter()
-  compiled = run.step_fn.lower(state, batch).compile()
+  compiled = run.step_fns[0].lower(state, batch).compile()
   report = _report(compiled, time.perf_counter() - started, run, state, local_batch)
   if run.setup.settings.grad_cache:  # what the same batch needs without it
     plain = jit_step(dataclasses.replace(run.setup.settings, grad_cache=None), run.tx, run.mesh, run.state_shardings)

@@ -36,6 +36,7 @@ from starbucks_jax.training import lora, optim, step as train_step, tasks
 from starbucks_jax.training.config import TrainConfig
 from starbucks_jax.training.evaluation import TrainingEvaluator
 from starbucks_jax.training.export import export_params
+from starbucks_jax.training.source_metrics import SourceMetrics
 
 log = logging.getLogger("starbucks_jax.train")
 
@@ -51,7 +52,8 @@ class PreparedRun:
   params: dict | None      # the starting parameters, on the host (None once the state holds them;
                            # shapes alone in a dry run)
   state_shardings: object
-  step_fn: object          # jitted (state, batch) -> (state, metrics), state donated
+  step_fns: tuple          # jitted (state, batch) -> (state, metrics), state donated: one per source of a
+                           # mixture (`data.source_of(step)` picks it), else one
   init_state: object       # params -> the first TrainState (full fine-tuning, or LoRA: `lora.py`)
 
 
@@ -64,8 +66,9 @@ def build(config: TrainConfig, *, abstract_params: bool = False) -> PreparedRun:
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh, config.grad_accum_steps)
   sharding.check_process_rows(mesh, config.batch_size)
-  if setup.settings.grad_cache:
-    setup.settings.grad_cache.check(config.batch_size, setup.data.group_size, sharding.batch_devices(mesh))
+  for settings in setup.step_settings():
+    if settings.grad_cache:
+      settings.grad_cache.check(config.batch_size, settings.spec.group_size, sharding.batch_devices(mesh))
   if setup.model_config.hidden_size % mesh.shape[sharding.FSDP_AXIS]:
     log.warning("hidden size %d is not divisible by mesh.fsdp=%d: parameters stay replicated",
                 setup.model_config.hidden_size, mesh.shape[sharding.FSDP_AXIS])
@@ -77,8 +80,12 @@ def build(config: TrainConfig, *, abstract_params: bool = False) -> PreparedRun:
   abstract_state = jax.eval_shape(init_state, params)
   state_shardings = sharding.tree_shardings(abstract_state, mesh, family_of(setup.model_config).param_axes)
 
-  step_fn = jit_step(setup.settings, tx, mesh, state_shardings)
-  return PreparedRun(config, setup, mesh, tx, schedule, params, state_shardings, step_fn, init_state)
+  jitted = {}  # sources with the same settings share a step
+  for settings in setup.step_settings():
+    if settings not in jitted:
+      jitted[settings] = jit_step(settings, tx, mesh, state_shardings)
+  step_fns = tuple(jitted[settings] for settings in setup.step_settings())
+  return PreparedRun(config, setup, mesh, tx, schedule, params, state_shardings, step_fns, init_state)
 
 
 def jit_step(settings, tx, mesh, state_shardings):
@@ -214,12 +221,15 @@ def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_
   pending = prefetch.submit(setup.data.batch, start_step) if start_step < total_steps else None
   window_start, window_steps = time.perf_counter(), 0
   done, preempted = start_step, False
+  per_source = SourceMetrics(setup.source_names, setup.data, start_step)
   for step in range(start_step, total_steps):
     local_batch = pending.result()
     pending = prefetch.submit(setup.data.batch, step + 1) if step + 1 < total_steps else None
     if jax.process_count() > 1 and packing.is_packed(local_batch):
       local_batch = _agree_packed_rows(local_batch, setup.data)
-    state, metrics = run.step_fn(state, sharding.put_batch(local_batch, mesh))
+    step_fn = run.step_fns[setup.data.source_of(step) if setup.source_names else 0]
+    state, metrics = step_fn(state, sharding.put_batch(local_batch, mesh))
+    per_source.add(step, metrics["loss"])
     window_steps += 1
     done = step + 1
     row = {}
@@ -227,7 +237,7 @@ def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       last_metrics = {"loss": metrics.pop("loss"), "lr": float(run.schedule(step)),
                       "examples_per_sec": window_steps * config.batch_size / (time.perf_counter() - window_start),
-                      "skipped_steps": int(jax.device_get(state.skipped_steps)), **metrics}
+                      "skipped_steps": int(jax.device_get(state.skipped_steps)), **metrics, **per_source.row()}
       row.update(last_metrics)
       progress.set_postfix(loss=f"{last_metrics['loss']:.4f}", ex_s=f"{last_metrics['examples_per_sec']:.1f}")
     preempted = done < total_steps and preemption.requested(done)

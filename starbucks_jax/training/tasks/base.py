@@ -46,6 +46,13 @@ class RunSetup:
   description: str                 # one log line saying what is trained
   load_params: Callable[..., dict]  # the starting parameters, read only when called; with abstract=True
                                     # their shapes alone (jax.ShapeDtypeStruct), nothing read
+  settings_by_source: tuple = ()   # a mixture (`data/mixture.py`): each source's step settings, in the
+                                   # order of `source_names`; data.source_of(step) picks one
+  source_names: tuple = ()         # a mixture's sources; metrics go under source/<name>/...
+
+  def step_settings(self) -> tuple:
+    """The settings of every step the run compiles: one, or one per source of a mixture."""
+    return self.settings_by_source or (self.settings,)
 
 
 @dataclasses.dataclass(frozen=True)

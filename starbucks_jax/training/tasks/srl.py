@@ -13,12 +13,13 @@ import dataclasses
 import jax
 
 from starbucks_jax.data import prompts
-from starbucks_jax.data.srl import DataConfig, TrainData
+from starbucks_jax.data.mixture import open_data
+from starbucks_jax.data.srl import DataConfig
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.hf.load import load_tokenizer
 from starbucks_jax.losses.batch import SrlBatch
 from starbucks_jax.losses.mse2d import st_2dmse_layers
-from starbucks_jax.losses.objectives import get_objective
+from starbucks_jax.losses.objectives import COSENT, get_objective
 from starbucks_jax.losses.srl import srl_loss
 from starbucks_jax.losses.srl_spec import SrlLossSpec
 from starbucks_jax.model.config import EncoderConfig
@@ -152,13 +153,66 @@ def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSp
   return SrlLossSpec(**fields)  # validates
 
 
-def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
-  spec = make_loss_spec(config.loss, model_config)
+def source_objective(objective: str, source, data) -> str:
+  """A source's objective: its own (`data.mixture`), else `objective` (`starbucks.objective`) where it fits the
+  data, else CoSENT for scored pairs; raises when the one named does not fit."""
+  name = getattr(source, "objective", "") or objective
+  if not getattr(source, "objective", "") and data.schema.score is not None and not get_objective(name).scored:
+    name = COSENT.name if source is not None else name  # a mixture's scored pairs take CoSENT by default
+  if get_objective(name).scored != (data.schema.score is not None):
+    where = f"source {source.name}: " if source is not None else ""
+    raise StarbucksError(f"{where}objective {name!r} does not fit {data.kind} data ({name} needs "
+                         f"{'scored pairs' if get_objective(name).scored else 'pairs, triplets or retrieval groups'})")
+  return name
+
+
+def export_prompts(block, data) -> tuple[str, str]:
+  """The export's (query, document) prompts: those training put before each side; a mixture's are the data
+  block's own, without any that holds a source's "{name}" or "{instruction}" (no one source's text is
+  the model's)."""
+  if not hasattr(data, "parts"):
+    return data.query_prompt, data.passage_prompt
+  return tuple(prompts.untemplated(p) for p in prompts.data_prompts(block))
+
+
+def _check_length(block, model_config: EncoderConfig, where: str = "data") -> None:
   for name in ("query_max_length", "passage_max_length"):
-    if getattr(config.data, name) > model_config.max_text_length:
-      raise StarbucksError(f"data.{name} {getattr(config.data, name)} exceeds the model's "
+    if getattr(block, name) > model_config.max_text_length:
+      raise StarbucksError(f"{where}.{name} {getattr(block, name)} exceeds the model's "
                            f"{model_config.max_text_length} positions (max_position_embeddings "
                            f"{model_config.max_position_embeddings})")
+
+
+def _settings_by_source(config: TrainConfig, spec: SrlLossSpec, data, model_config, grad_cache) -> list:
+  """The step settings of each source (one, or a mixture's each, `data/mixture.py`): its objective and group
+  size in the loss spec. Mixed batches (`data.mix_sources`) share the first source's."""
+  parts, entries = getattr(data, "parts", [data]), getattr(data, "sources", (None,))
+  out = []
+  for entry, part in zip(entries, parts[:1] if config.data.mix_sources else parts):
+    if entry is not None:
+      _check_length(part.config, model_config, f"data.mixture.{entry.name}")
+    part_spec = dataclasses.replace(spec, group_size=part.group_size,  # validates again
+                                    objective=source_objective(spec.objective, entry, part))
+    if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
+      grad_cache.check(config.batch_size, part.group_size, devices=1)
+    out.append(SrlStepSettings(model_config=model_config, spec=part_spec, pooling=config.model.pooling,
+                               dtype=config.model.dtype, remat=config.model.remat,
+                               grad_accum_steps=config.grad_accum_steps, grad_cache=grad_cache))
+  return out
+
+
+def _describe(spec: SrlLossSpec, data, grad_cache) -> str:
+  if hasattr(data, "parts"):
+    what = f"a mixture of {len(data.parts)} sources ({', '.join(data.source_names)})"
+  else:
+    what = f"{data.kind} data"
+  return (f"{spec.mode} on {what}, {data.steps_per_epoch} steps per epoch"
+          + (f", {grad_cache.describe(spec.group_size)}" if grad_cache else ""))
+
+
+def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetup:
+  spec = make_loss_spec(config.loss, model_config)
+  _check_length(config.data, model_config)
   if spec.mode == "separate":  # the model is cut to the pair's layer count and trained as that
     model_config = model_config.replace(num_hidden_layers=spec.pairs[0][0])
   grad_cache = config.grad_cache if config.grad_cache.enabled else None
@@ -170,19 +224,11 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
   # Packed rows come in one group per micro-batch or GradCache chunk (`data/packing.py`).
   pack_groups = config.batch_size // grad_cache.query_chunk if grad_cache else config.grad_accum_steps
   tokenizer = load_tokenizer(source.model_dir)
-  data = TrainData(config.data, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
+  data = open_data(config.data, tokenizer, global_batch_size=config.batch_size, seed=config.seed,
                    process_index=jax.process_index(), process_count=jax.process_count(),
                    row_multiple=jax.local_device_count(), pack_groups=pack_groups if config.data.packing else 1)
-  objective = get_objective(spec.objective)
-  if objective.scored != (data.schema.score is not None):
-    raise StarbucksError(f"objective {spec.objective!r} does not fit {data.kind} data ({spec.objective} needs "
-                         f"{'scored pairs' if objective.scored else 'pairs, triplets or retrieval groups'})")
-  spec = dataclasses.replace(spec, group_size=data.group_size)  # validates again
-  if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
-    grad_cache.check(config.batch_size, data.group_size, devices=1)
-  settings = SrlStepSettings(model_config=model_config, spec=spec, pooling=config.model.pooling,
-                             dtype=config.model.dtype, remat=config.model.remat,
-                             grad_accum_steps=config.grad_accum_steps, grad_cache=grad_cache)
+  by_source = _settings_by_source(config, spec, data, model_config, grad_cache)
+  settings = by_source[0]
 
   def load_params(abstract: bool = False) -> dict:
     params = start_params(source, model_config, abstract=abstract)
@@ -200,10 +246,9 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                       "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers,
                       # the export's sentence-transformers prompts: the texts training put before each side
-                      "prompts": prompts.for_export(data.query_prompt, data.passage_prompt)},
-      description=(f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch"
-                   + (f", {grad_cache.describe(data.group_size)}" if grad_cache else "")),
-      load_params=load_params)
+                      "prompts": prompts.for_export(*export_prompts(config.data, data))},
+      description=_describe(settings.spec, data, grad_cache), load_params=load_params,
+      settings_by_source=tuple(by_source), source_names=getattr(data, "source_names", ()))
 
 
 TASK = Task(name="srl", data_config=DataConfig, loss_key="starbucks", loss_config=StarbucksConfig, defaults={},
