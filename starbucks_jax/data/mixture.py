@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax.data.batching import HostBatches
-from starbucks_jax.data.mixture_config import MixtureSource, source_block
+from starbucks_jax.data.mixture_config import source_block
 from starbucks_jax.data.srl import DataConfig, TrainData
 from starbucks_jax.errors import StarbucksError
 
@@ -89,19 +89,18 @@ class MixtureData(HostBatches):
   """Batches of several `srl.TrainData` sources, one source a batch (module docstring).
 
   Args:
-    sources: the mixture's entries, in order.
-    parts: each source's opened data (same global batch size, hosts, tokenizer).
-    sampling: "size" or "weights".
+    config: the data block (its `mixture` and `sampling`).
+    parts: each source's opened data, in the order of `config.mixture` (same batch size, hosts, tokenizer).
   """
 
-  def __init__(self, sources: Sequence[MixtureSource], parts: Sequence, *, sampling: str, seed: int):
-    first = parts[0]
+  def __init__(self, config: DataConfig, parts: Sequence, *, seed: int):
+    sources, first = config.mixture, parts[0]
     super().__init__(global_batch_size=first.global_batch_size, seed=seed, process_index=first.process_index,
                      process_count=first.process_count, fixed_lengths=first.fixed_lengths,
                      pack_groups=first.pack_groups)
-    self.sources, self.parts = tuple(sources), list(parts)
+    self.config, self.sources, self.parts = config, tuple(sources), list(parts)
     self.source_names = tuple(s.name for s in sources)
-    self.shares = step_shares([p.steps_per_epoch for p in parts], [s.weight for s in sources], sampling)
+    self.shares = step_shares([p.steps_per_epoch for p in parts], [s.weight for s in sources], config.sampling)
     self.order = MixtureOrder(seed, self.shares)
     self.steps_per_epoch = self.order.steps_per_epoch
     self.num_examples = sum(p.num_examples for p in parts)
@@ -141,12 +140,12 @@ class MixedBatches(MixtureData):
   the batch), one source after the other; all sources must share a kind of loss and a group size. Host h's
   rows are its share of every source's rows, so several hosts' batches hold one host's rows in another order."""
 
-  def __init__(self, sources, parts, *, sampling: str, seed: int):
-    super().__init__(sources, parts, sampling=sampling, seed=seed)
-    self.rows = mixed_rows(self.global_batch_size, self.shares, self.process_count)
+  def __init__(self, config: DataConfig, parts: Sequence, *, seed: int):
+    super().__init__(config, parts, seed=seed)
+    self.rows = tuple(mixed_rows(self.global_batch_size, self.shares, self.process_count))
     self.parts = [part.resized(rows) for part, rows in zip(parts, self.rows)]
     self.steps_per_epoch = min(p.steps_per_epoch for p in self.parts)  # the shortest source's epoch
-    log.info("mixed batches: %s rows a batch", ", ".join(f"{s.name} {r}" for s, r in zip(sources, self.rows)))
+    log.info("mixed batches: %s rows a batch", ", ".join(f"{s.name} {r}" for s, r in zip(self.sources, self.rows)))
 
   def source_of(self, step: int) -> int:
     return 0
@@ -180,9 +179,12 @@ def mixed_rows(global_batch_size: int, shares: Sequence[int], multiple: int) -> 
   if units < len(shares):
     raise StarbucksError(f"data.mix_sources: batch_size {global_batch_size} cannot give each of the "
                          f"{len(shares)} sources at least {multiple} rows")
-  exact = np.asarray(shares, np.float64) / float(np.sum(shares)) * (units - len(shares))
-  counts = 1 + np.floor(exact).astype(np.int64)
-  counts[np.argsort(-(exact - np.floor(exact)), kind="stable")[:units - int(counts.sum())]] += 1
+  exact = np.asarray(shares, np.float64) / float(np.sum(shares)) * units
+  counts = np.floor(exact).astype(np.int64)
+  counts[np.argsort(-(exact - counts), kind="stable")[:units - int(counts.sum())]] += 1  # largest remainders
+  while counts.min() == 0:  # a source too small for a unit of its own takes one from the largest
+    counts[np.argmax(counts)] -= 1
+    counts[np.argmin(counts)] += 1
   return [int(c) * multiple for c in counts]
 
 
@@ -196,11 +198,11 @@ def open_data(config: DataConfig, tokenizer, **kwargs) -> HostBatches:
                          "off data.packing or data.mix_sources")
   parts = [TrainData(source_block(config, source), tokenizer, **kwargs) for source in config.mixture]
   if not config.mix_sources:
-    return MixtureData(config.mixture, parts, sampling=config.sampling, seed=kwargs["seed"])
+    return MixtureData(config, parts, seed=kwargs["seed"])
   for source, part in zip(config.mixture[1:], parts[1:]):
     first = parts[0]
     if (part.group_size, part.schema.score is None) != (first.group_size, first.schema.score is None):
       raise StarbucksError(f"data.mix_sources: source {source.name} ({part.kind}, {part.group_size} passage(s) "
                            f"a query) cannot share a batch with {config.mixture[0].name} ({first.kind}, "
                            f"{first.group_size}): mixed sources need one kind of loss and one group size")
-  return MixedBatches(config.mixture, parts, sampling=config.sampling, seed=kwargs["seed"])
+  return MixedBatches(config, parts, seed=kwargs["seed"])
