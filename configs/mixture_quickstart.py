@@ -10,8 +10,10 @@ steps, 25 SciFact steps and 60 STS-B steps of 32 examples, dealt in an order fix
 `runs/mixture_quickstart/export`. `metrics.jsonl` logs each source's loss and examples under
 `source/<name>/...`.
 
-Expected (2-core CPU): BENCHMARKS.md, section "Mixtures: the mixture quickstart" (time, each source's
-loss, the STS-B row at (1,16) ... (6,384)).
+Expected (2-core CPU): about 8.5 minutes; each source's loss falls (`source/<name>/loss`: SNLI 28.0 at step
+5 to 14.4 at 175, SciFact 24.3 at 30 to 17.4, STS-B's CoSENT 57.9 to 40.6), and the end-of-training STS-B
+test Spearman at (1,16) ... (6,384) is 51.34 62.76 71.39 74.48 77.39 81.89 (BENCHMARKS.md, section
+"Mixtures: the mixture quickstart").
 Mixed batches (every batch holds each source's share; one objective and group size, so not these three):
 --config.data.mix_sources=True. Steps by weight instead of size: --config.data.sampling=weights.
 """
