@@ -25,29 +25,44 @@ from starbucks_jax.training.loop import build, jit_step
 
 
 def dry_run(config_dict) -> dict:
-  """Compiles the step for the configured mesh without running it; prints memory per device."""
+  """Compiles the step for the configured mesh without running it; prints memory per device. A mixture's
+  sources each compile their own step (`data/mixture.py`); the report is the one that needs the most."""
   config = tasks.read_config(config_dict)
   run = build(config, abstract_params=True)  # shapes only: no weight is read
   abstract = lambda tree, shardings: jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
   state = abstract(jax.eval_shape(run.init_state, run.params), run.state_shardings)
   run.setup.data.fixed_lengths = True  # the longest batch the run can meet: padded to the max lengths
-  local_batch = run.setup.data.batch(0)
+  steps = run.setup.step_settings()  # one, or a step per source of a mixture (mixed batches: one)
+  sources = run.setup.data.parts if len(steps) > 1 else [run.setup.data]
+  reports = [_compile_source(run, k, data, state) for k, data in enumerate(sources)]
+  report = max(reports, key=lambda r: r["total_bytes"])
+  if len(reports) > 1:
+    names = run.setup.source_names
+    report["source"] = names[reports.index(report)]
+    report["total_bytes_by_source"] = {name: r["total_bytes"] for name, r in zip(names, reports)}
+  if jax.process_index() == 0:
+    print(format_dry_run(report, config, jax.devices()[0].platform))
+  return report
+
+
+def _compile_source(run, k: int, data, state) -> dict:
+  """The report of step k (its source's `data`, or the only data), and of its plain step when GradCache is on."""
+  settings = run.setup.step_settings()[k]
+  local_batch = data.batch(0)
   rows = sharding.batch_sharding(run.mesh)
-  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=rows)
-           for k, v in local_batch.items()}
+  batch = {key: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=rows)
+           for key, v in local_batch.items()}
   started = time.perf_counter()
-  compiled = run.step_fns[0].lower(state, batch).compile()
+  compiled = run.step_fns[k].lower(state, batch).compile()
   report = _report(compiled, time.perf_counter() - started, run, state, local_batch)
-  if run.setup.settings.grad_cache:  # what the same batch needs without it
-    plain = jit_step(dataclasses.replace(run.setup.settings, grad_cache=None), run.tx, run.mesh, run.state_shardings)
+  if settings.grad_cache:  # what the same batch needs without it
+    plain = jit_step(dataclasses.replace(settings, grad_cache=None), run.tx, run.mesh, run.state_shardings)
     started = time.perf_counter()
     memory = plain.lower(state, batch).compile().memory_analysis()
     report["plain_compile_seconds"] = time.perf_counter() - started
     report["plain_activations_bytes"] = int(memory.temp_size_in_bytes)
     report["plain_total_bytes"] = report["total_bytes"] - report["activations_bytes"] + int(memory.temp_size_in_bytes)
-  if jax.process_index() == 0:
-    print(format_dry_run(report, config, jax.devices()[0].platform))
   return report
 
 
@@ -94,6 +109,9 @@ def format_dry_run(report: dict, config, platform: str) -> str:
            f"  batch             {gib(report['batch_bytes'])}",
            f"  activations       {gib(report['activations_bytes'])}  (XLA temporaries of the step)",
            f"  total             {gib(report['total_bytes'])}"]
+  if "source" in report:
+    lines.append(f"  (the mixture's largest step, source {report['source']}; totals: "
+                 + ", ".join(f"{name} {gib(n).strip()}" for name, n in report["total_bytes_by_source"].items()) + ")")
   if report["device_limit_bytes"]:
     fits = report["total_bytes"] <= report["device_limit_bytes"]
     lines.append(f"  device limit      {gib(report['device_limit_bytes'])}  ({'fits' if fits else 'DOES NOT FIT'})")

@@ -74,3 +74,20 @@ def test_a_real_run_without_weights_stops_at_them(qwen3_folder, tmp_path):
                                                      "model.safetensors")):
     run_train(qwen3_run(qwen3_folder), tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_mixtures_dry_run_compiles_each_sources_step(tiny_dir):
+  """Each source of a mixture compiles its own step (its group size, its lengths); the report is the largest
+  and names it: the SciFact groups of 3 passages at 64 tokens outweigh SNLI's triplets at 32."""
+  from starbucks_jax.training.dry_run import dry_run
+  config = tiny_config(tiny_dir)
+  config.data.source = ""
+  config.data.max_examples = None
+  config.data.mixture = {
+      "snli": dict(source=str(REPO / "data" / "quickstart" / "snli_triplets.jsonl"), max_examples=16),
+      "scifact": dict(source=str(REPO / "data" / "quickstart" / "scifact_train.jsonl"), train_group_size=3,
+                      passage_max_length=64, max_examples=16)}
+  report = dry_run(config)
+  by_source = report["total_bytes_by_source"]
+  assert set(by_source) == {"snli", "scifact"} and report["source"] == "scifact"
+  assert by_source["scifact"] > by_source["snli"] > 0 and report["total_bytes"] == by_source["scifact"]
