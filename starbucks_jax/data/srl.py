@@ -52,6 +52,7 @@ from starbucks_jax import config_blocks
 from starbucks_jax.data import packing, prompts, schemas, sources
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import as_passages
+from starbucks_jax.data.text_ids import batch_text_ids, same_passage
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class DataConfig:
     pack_length: tokens per packed row; None: the larger max length. Positions restart in every text,
       so it may exceed the model's max_position_embeddings.
     pack_rows: packed rows per host and batch (or micro-batch, chunk); None: estimated from the first batches.
+    clean_negatives: add each text's identity to a batch, so that the loss masks in-batch false negatives
+      (`text_ids.py`; not for scored pairs, whose CoSENT loss has no negatives).
   """
   source: str = ""
   split: str = "train"
@@ -103,6 +106,7 @@ class DataConfig:
   packing: bool = False
   pack_length: int | None = None
   pack_rows: int | None = None
+  clean_negatives: bool = False
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source.strip():
@@ -140,12 +144,6 @@ class _Group:
   rng: np.random.Generator
   own: list[dict]
   passages: list[dict]
-
-
-def _same_passage(a: Mapping, b: Mapping) -> bool:
-  if a.get("docid") and a.get("docid") == b.get("docid"):
-    return True
-  return a["text"] == b["text"] and (a.get("title") or "") == (b.get("title") or "")
 
 
 class TrainData(HostBatches):
@@ -256,6 +254,7 @@ class TrainData(HostBatches):
     """This host's rows of global batch `step`, tokenized and padded or packed (see the module docstring)."""
     queries, passages, scores = self.texts(step)
     out = {} if scores is None else {"labels": scores}
+    out.update(batch_text_ids(queries, passages) if self.config.clean_negatives else {})
     if self.config.packing:
       return {**out, **self._pack(queries, passages)}
     out["query_input_ids"], out["query_attention_mask"] = self._encode(
@@ -341,7 +340,7 @@ class TrainData(HostBatches):
         for other in draws[g.row].tolist():
           candidates = as_passages(positives[other])
           candidate = candidates[g.rng.integers(len(candidates))]
-          if not any(_same_passage(candidate, p) for p in g.own + g.passages):
+          if not any(same_passage(candidate, p) for p in g.own + g.passages):
             g.passages.append(candidate)
       groups = [g for g in groups if len(g.passages) < self.group_size]
     if groups:

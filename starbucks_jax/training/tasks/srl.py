@@ -112,9 +112,10 @@ class SrlStepSettings:
         row_ids=row_ids)
     return {n: apply_dense_head(params, out.pooled(n, self.pooling)) for n in self.spec.pooled_layers()}
 
-  def pooled_loss(self, pooled: list[dict], labels, rng: jax.Array):
+  def pooled_loss(self, pooled: list[dict], batch: SrlBatch, rng: jax.Array):
+    """The loss of the whole batch's pooled vectors; `batch` gives its labels and text ids (clean negatives)."""
     query, passage = pooled
-    return srl_loss(query, passage, labels, self.spec, rng)
+    return srl_loss(query, passage, batch.labels, self.spec, rng, batch.false_negatives(self.spec.group_size))
 
 
 def pass_rngs(dropout_rng: jax.Array, count: int) -> list:
@@ -131,7 +132,7 @@ def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings)
   pooled = []
   for text_pass, pass_rng in zip(srl.passes, pass_rngs(dropout_rng, len(srl.passes))):
     pooled += text_pass.sides(settings.encode(params, text_pass.tokens, pass_rng))
-  return settings.pooled_loss(pooled, srl.labels, loss_rng)
+  return settings.pooled_loss(pooled, srl, loss_rng)
 
 
 def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSpec:
@@ -177,6 +178,9 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
   if objective.scored != (data.schema.score is not None):
     raise StarbucksError(f"objective {spec.objective!r} does not fit {data.kind} data ({spec.objective} needs "
                          f"{'scored pairs' if objective.scored else 'pairs, triplets or retrieval groups'})")
+  if config.data.clean_negatives and objective.scored:
+    raise StarbucksError(f"data.clean_negatives masks in-batch negatives, and the {spec.objective} objective on "
+                         f"{data.kind} data has none: leave it off")
   spec = dataclasses.replace(spec, group_size=data.group_size)  # validates again
   if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
     grad_cache.check(config.batch_size, data.group_size, devices=1)
