@@ -4,11 +4,10 @@ negatives are too few (`srl.TrainData` builds the groups; this module fills the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
-
 import numpy as np
 
 from starbucks_jax.data.checks import as_passages
+from starbucks_jax.data.text_ids import same_passage
 from starbucks_jax.errors import StarbucksError
 
 MAX_FILL_ROUNDS = 100  # rounds of drawing other queries' positives before a group counts as unfillable
@@ -21,12 +20,6 @@ class Group:
   rng: np.random.Generator
   own: list[dict]
   passages: list[dict]
-
-
-def same_passage(a: Mapping, b: Mapping) -> bool:
-  if a.get("docid") and a.get("docid") == b.get("docid"):
-    return True
-  return a["text"] == b["text"] and (a.get("title") or "") == (b.get("title") or "")
 
 
 def fill(groups: list[Group], table, positive: str, group_size: int) -> None:

@@ -54,6 +54,7 @@ from starbucks_jax.data import groups as groups_lib, packing, prompts, schemas, 
 from starbucks_jax.data.mixture_config import SAMPLINGS, mixture_entries, parse_mixture
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import as_passages
+from starbucks_jax.data.text_ids import batch_text_ids
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class DataConfig:
       above but the shared layout}} (`mixture.py`); each batch comes from one of them.
     sampling: a mixture's steps per source: "size" (each source's epoch) or "weights" (shares by weight).
     mix_sources: a mixture's batches hold rows of every source instead of one (one objective, one group size).
+    clean_negatives: add each text's identity to a batch, so that the loss masks in-batch false negatives
+      (`text_ids.py`; not for scored pairs, whose CoSENT loss has no negatives).
   """
   source: str = ""
   split: str = "train"
@@ -110,6 +113,7 @@ class DataConfig:
   mixture: tuple = dataclasses.field(default=(), metadata={"parse": parse_mixture, "as_config": mixture_entries})
   sampling: str = "size"
   mix_sources: bool = False
+  clean_negatives: bool = False
 
   def __post_init__(self):
     if self.mixture and self.source:
@@ -261,6 +265,7 @@ class TrainData(HostBatches):
     """This host's rows of global batch `step`, tokenized and padded or packed (see the module docstring)."""
     queries, passages, scores = self.texts(step)
     out = {} if scores is None else {"labels": scores}
+    out.update(batch_text_ids(queries, passages) if self.config.clean_negatives else {})
     if self.config.packing:
       return {**out, **self._pack(queries, passages)}
     out["query_input_ids"], out["query_attention_mask"] = self._encode(

@@ -17,7 +17,8 @@ from typing import Mapping, Optional
 import flax.struct
 import jax.numpy as jnp
 
-from starbucks_jax.data import packing
+from starbucks_jax.data import packing, text_ids
+from starbucks_jax.losses import negatives
 from starbucks_jax.model.tokens import Tokens
 
 
@@ -48,26 +49,36 @@ class SrlBatch:
 
   One pass when queries and passages are padded to one length (rows of both in one array, passage rows
   numbered on from the queries') or packed (one set of rows); otherwise two, the queries' and the
-  passages'. `labels`: the scored pairs' scores (CoSENT), or None.
+  passages'. `labels`: the scored pairs' scores (CoSENT), or None. `query_text_ids`, `passage_text_ids`:
+  each text's identity with `data.clean_negatives` (`data/text_ids.py`), else None.
   """
   passes: tuple
   labels: Optional[jnp.ndarray] = None
+  query_text_ids: Optional[jnp.ndarray] = None
+  passage_text_ids: Optional[jnp.ndarray] = None
 
   @classmethod
   def of(cls, batch: Mapping) -> "SrlBatch":
     queries, passages = examples(batch), _passages(batch)
+    per_text = dict(labels=batch.get("labels"), query_text_ids=batch.get(text_ids.QUERY_KEY),
+                    passage_text_ids=batch.get(text_ids.PASSAGE_KEY))
     if packing.is_packed(batch):
       tokens = Tokens.packed_rows(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
                                   batch["position_ids"], num_texts=queries + passages)
-      return cls((TextPass(tokens, (queries, passages)),), batch.get("labels"))
+      return cls((TextPass(tokens, (queries, passages)),), **per_text)
     query_ids, passage_ids = batch["query_input_ids"], batch["passage_input_ids"]
     if query_ids.shape[1] == passage_ids.shape[1]:
       tokens = Tokens.padded(jnp.concatenate([query_ids, passage_ids]),
                              jnp.concatenate([batch["query_attention_mask"], batch["passage_attention_mask"]]))
-      return cls((TextPass(tokens, (queries, passages)),), batch.get("labels"))
+      return cls((TextPass(tokens, (queries, passages)),), **per_text)
     return cls((TextPass(Tokens.padded(query_ids, batch["query_attention_mask"]), (queries,)),
-                TextPass(Tokens.padded(passage_ids, batch["passage_attention_mask"]), (passages,))),
-               batch.get("labels"))
+                TextPass(Tokens.padded(passage_ids, batch["passage_attention_mask"]), (passages,))), **per_text)
+
+  def false_negatives(self, group_size: int) -> Optional[jnp.ndarray]:
+    """bool [queries, passages]: each query's in-batch false negatives (`negatives.py`); None without ids."""
+    if self.passage_text_ids is None:
+      return None
+    return negatives.false_negatives(self.query_text_ids, self.passage_text_ids, group_size)
 
 
 @flax.struct.dataclass

@@ -15,10 +15,13 @@ bfloat16, and the losses are cheap next to the encoder, so exact float32 costs n
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
+from starbucks_jax.losses.negatives import mask_scores
 from starbucks_jax.model.pooling import SIMILARITIES, l2_normalize
 
 
@@ -86,14 +89,23 @@ def cosent_loss(scores: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return jax.nn.logsumexp(jnp.concatenate([jnp.zeros((1,), jnp.float32), terms]))
 
 
-def _kl_rows(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray) -> jnp.ndarray:
-  """KL(softmax(teacher) || softmax(student)) of each row, summed over the last axis."""
+def _kl_rows(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, mask: Optional[jnp.ndarray] = None
+             ) -> jnp.ndarray:
+  """KL(softmax(teacher) || softmax(student)) of each row, summed over the last axis; entries where `mask`
+  is True leave both distributions (`negatives.py`)."""
+  if mask is not None:
+    teacher_log_probs = jax.nn.log_softmax(mask_scores(teacher_logits, mask), axis=-1)
+    student_log_probs = jax.nn.log_softmax(mask_scores(student_logits, mask), axis=-1)
+    # -inf - -inf is NaN: a masked entry's term is 0 (its probability is), and where() sends it no gradient.
+    differences = jnp.where(mask, 0.0, teacher_log_probs - student_log_probs)
+    return jnp.sum(jnp.exp(teacher_log_probs) * differences, axis=-1)
   teacher_log_probs = jax.nn.log_softmax(teacher_logits, axis=-1)
   student_log_probs = jax.nn.log_softmax(student_logits, axis=-1)
   return jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
 
 
-def score_kl(student_scores: jnp.ndarray, teacher_scores: jnp.ndarray, temperature: float = 1.0) -> jnp.ndarray:
+def score_kl(student_scores: jnp.ndarray, teacher_scores: jnp.ndarray, temperature: float = 1.0,
+             mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
   """Mean over queries of KL(softmax(teacher / tau) || softmax(student / tau)), teacher detached.
 
   Equals torch's `F.kl_div(log_softmax(s / tau), softmax(t.detach() / tau), reduction="batchmean")`,
@@ -104,10 +116,11 @@ def score_kl(student_scores: jnp.ndarray, teacher_scores: jnp.ndarray, temperatu
     student_scores: [Q, D] a sub-model's logits.
     teacher_scores: [Q, D] the full model's logits.
     temperature: tau, divides both.
+    mask: bool [Q, D], candidates taken out of both distributions (clean negatives), or None.
   """
   teacher = jax.lax.stop_gradient(teacher_scores.astype(jnp.float32)) / temperature
   student = student_scores.astype(jnp.float32) / temperature
-  return jnp.mean(_kl_rows(student, teacher))
+  return jnp.mean(_kl_rows(student, teacher, mask))
 
 
 def embedding_kl(student_emb: jnp.ndarray, teacher_emb: jnp.ndarray) -> jnp.ndarray:

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.losses.contrastive import embedding_kl
+from starbucks_jax.losses.negatives import mask_scores
 from starbucks_jax.losses.srl_spec import SrlLossSpec, objective_loss, pair_scores
 from starbucks_jax.model.pooling import cut
 from starbucks_jax.pairs import metric_name
@@ -106,8 +107,9 @@ def sample_2dmse(spec: SrlLossSpec, rng: jax.Array) -> Mse2dSample:
   )
 
 
-def mse2d_loss(query, passage, labels, spec: SrlLossSpec, sample: Mse2dSample):
-  """The 2dmse loss and metrics for given draws; `srl_loss` calls it with `sample_2dmse(spec, rng)`."""
+def mse2d_loss(query, passage, labels, spec: SrlLossSpec, sample: Mse2dSample, false_negatives=None):
+  """The 2dmse loss and metrics for given draws; `srl_loss` calls it with `sample_2dmse(spec, rng)`.
+  `false_negatives` (or None) leave every contrastive loss's softmax (`negatives.py`); the KL has no candidates."""
   last = spec.num_model_layers
   hidden = spec.hidden_size
   dims = jnp.asarray(spec.dims, jnp.int32)
@@ -118,7 +120,7 @@ def mse2d_loss(query, passage, labels, spec: SrlLossSpec, sample: Mse2dSample):
     def at_dim(i):
       keep = (jnp.arange(hidden) < dims[i]).astype(jnp.float32)  # zeroing coords >= d == cutting to d
       scores = pair_scores(q * keep, p * keep, spec, normalize=True)
-      return dim_weights[i] * objective_loss(scores, labels, spec)
+      return dim_weights[i] * objective_loss(mask_scores(scores, false_negatives), labels, spec)
     return jnp.sum(jax.vmap(at_dim)(dim_index))
 
   query = {layer: query[layer].astype(jnp.float32) for layer in spec.pooled_layers()}
@@ -155,5 +157,5 @@ def mse2d_loss(query, passage, labels, spec: SrlLossSpec, sample: Mse2dSample):
     q = jax.lax.stop_gradient(cut(query[layer], dim))
     p = jax.lax.stop_gradient(cut(passage[layer], dim))
     scores = pair_scores(q, p, spec, normalize=True)
-    metrics[metric_name("loss", (layer, dim))] = objective_loss(scores, labels, spec)
+    metrics[metric_name("loss", (layer, dim))] = objective_loss(mask_scores(scores, false_negatives), labels, spec)
   return total, metrics

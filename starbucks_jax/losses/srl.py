@@ -31,7 +31,8 @@ the cut regardless, and `normalize` matters for "dot" only. `pair_weights` are w
 
 Metrics: "loss/n{n}_d{d}" is the (unweighted) contrastive / CoSENT loss of each `log_pairs()` pair,
 "kl/n{n}_d{d}" the (unweighted) KL of each sub-model that has one. 2dmse adds its "2dmse/..." metrics
-(see `mse2d.py`). The spec and its validation: `srl_spec.py`.
+(see `mse2d.py`). With clean negatives (`negatives.py`), "masked_negatives" is the number of (query,
+candidate) entries taken out of the batch's softmaxes. The spec and its validation: `srl_spec.py`.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ import jax.numpy as jnp
 
 from starbucks_jax.errors import StarbucksError
 from starbucks_jax.losses import contrastive, mse2d
+from starbucks_jax.losses.negatives import mask_scores
 from starbucks_jax.losses.objectives import get_objective
 from starbucks_jax.losses.srl_spec import SrlLossSpec, objective_loss, pair_scores
 from starbucks_jax.model.pooling import cut
 from starbucks_jax.pairs import metric_name
 
+MASKED_NEGATIVES = "masked_negatives"  # the metric: (query, candidate) entries masked in the batch
 
 # --- input checks and metric names ------------------------------------------------------------
 
@@ -75,7 +78,7 @@ def _check_inputs(query: Mapping[int, jnp.ndarray], passage: Mapping[int, jnp.nd
 # --- starbucks, grid, separate ----------------------------------------------------------------
 
 
-def _pair_schedule_loss(query, passage, labels, spec: SrlLossSpec):
+def _pair_schedule_loss(query, passage, labels, spec: SrlLossSpec, false_negatives=None):
   pairs = spec.train_pairs()
   full = pairs[-1]
   normalize = spec.normalize and spec.similarity == "dot"  # cosine normalises inside similarity_scores
@@ -86,7 +89,7 @@ def _pair_schedule_loss(query, passage, labels, spec: SrlLossSpec):
   metrics = {}
   total = jnp.zeros((), jnp.float32)
   for pair, weight in zip(pairs, spec.weights()):
-    pair_loss = objective_loss(scores[pair], labels, spec)
+    pair_loss = objective_loss(mask_scores(scores[pair], false_negatives), labels, spec)
     metrics[metric_name("loss", pair)] = pair_loss
     total = total + weight * pair_loss
   if not use_kl:
@@ -94,7 +97,7 @@ def _pair_schedule_loss(query, passage, labels, spec: SrlLossSpec):
   kl_terms = []
   for pair in pairs[:-1]:
     if spec.kl == "scores":
-      kl = contrastive.score_kl(scores[pair], scores[full], spec.kl_temperature)
+      kl = contrastive.score_kl(scores[pair], scores[full], spec.kl_temperature, false_negatives)
     else:
       student = _all_rows(query, passage, pair[0])[:, :pair[1]]
       teacher = _all_rows(query, passage, full[0])[:, :pair[1]]  # not detached, as the official STS code
@@ -116,7 +119,8 @@ def _all_rows(query, passage, layer: int) -> jnp.ndarray:
 
 
 def srl_loss(query: Mapping[int, jnp.ndarray], passage: Mapping[int, jnp.ndarray], labels: Optional[jnp.ndarray],
-             spec: SrlLossSpec, rng: jax.Array) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+             spec: SrlLossSpec, rng: jax.Array, false_negatives: Optional[jnp.ndarray] = None
+             ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """The SRL loss of one (global) batch, and its metrics.
 
   Args:
@@ -126,11 +130,16 @@ def srl_loss(query: Mapping[int, jnp.ndarray], passage: Mapping[int, jnp.ndarray
     labels: [B] similarity labels for cosent; None for mnrl.
     spec: the schedule (a static argument under jit).
     rng: drives the 2dmse draws; unused by the other modes.
+    false_negatives: bool [B, B*G], candidates taken out of each query's softmax (`negatives.py`), or None.
 
   Returns:
     (scalar loss, {metric name: scalar}); see the module docstring for the metric names.
   """
   _check_inputs(query, passage, labels, spec)
   if spec.mode == "2dmse":
-    return mse2d.mse2d_loss(query, passage, labels, spec, mse2d.sample_2dmse(spec, rng))
-  return _pair_schedule_loss(query, passage, labels, spec)
+    loss, metrics = mse2d.mse2d_loss(query, passage, labels, spec, mse2d.sample_2dmse(spec, rng), false_negatives)
+  else:
+    loss, metrics = _pair_schedule_loss(query, passage, labels, spec, false_negatives)
+  if false_negatives is not None:
+    metrics[MASKED_NEGATIVES] = jnp.sum(false_negatives, dtype=jnp.float32)
+  return loss, metrics

@@ -28,7 +28,8 @@ k, k + count, ... and their passages, in rows of their own, so a chunk is one en
 The batch is read as `losses/batch.SrlBatch`. A task's step settings opt in with `grad_cache` (a
 `GradCacheConfig`, or None) and provide `passes(srl_batch, rng)` -> ([[Side, ...] per encoder pass], the
 loss's rng), `encode(params, tokens, dropout_rng, row_ids)` -> {layer: [texts, hidden]}, and
-`pooled_loss([pooled of each side], labels, rng)` -> (loss, metrics), the same functions its plain loss is
+`pooled_loss([pooled of each side], srl_batch, rng)` -> (loss, metrics) (the batch for its labels and text
+ids: clean negatives' mask is of the whole batch, `losses/negatives.py`), the same functions its plain loss is
 made of (`tasks/srl.py`).
 """
 
@@ -204,7 +205,7 @@ def value_and_grad(settings, params, batch: dict, rng: jax.Array):
   task_passes, loss_rng = settings.passes(srl, rng)
   passes = _chunked_passes(task_passes)
   pooled = [vectors for sides_of_pass in passes for vectors in _pooled(settings, params, sides_of_pass)]
-  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl.labels, loss_rng)
+  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl, loss_rng)
   (loss, metrics), cotangents = jax.value_and_grad(loss_of_pooled, has_aux=True)(pooled)
   grads, start = jax.tree.map(jnp.zeros_like, params), 0
   for sides_of_pass in passes:
@@ -241,7 +242,7 @@ def _packed_value_and_grad(settings, params, srl: SrlBatch, rng: jax.Array):
   pooled = jax.lax.map(lambda chunk: encode(*_in_loop(params, chunk)), chunks)
   by_side = {layer: to_batch_order(v) for layer, v in pooled.items()}
   pooled = [{layer: v[0] for layer, v in by_side.items()}, {layer: v[1] for layer, v in by_side.items()}]
-  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl.labels, loss_rng)
+  loss_of_pooled = lambda pooled: settings.pooled_loss(pooled, srl, loss_rng)
   (loss, metrics), (query_cot, passage_cot) = jax.value_and_grad(loss_of_pooled, has_aux=True)(pooled)
   cotangents = {layer: to_chunk_order(query_cot[layer], passage_cot[layer]) for layer in query_cot}
 

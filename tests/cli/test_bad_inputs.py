@@ -111,6 +111,8 @@ def export_main(*args):
                                                                 r"text allowed \(32 tokens"),
     ("--config.data.query_prompt=a --config.data.query_prefix=b", r"data.query_prompt 'a' and data.query_prefix 'b' "
                                                                   r"\(its older name\) differ; set one of them"),
+    (f"--config.data.clean_negatives=True --config.starbucks.objective=cosent --config.data.source={STSB}",
+     "data.clean_negatives masks in-batch negatives, and the cosent objective on scored data has none"),
 ])
 def test_train_refuses_bad_settings_before_compiling(override, message, tiny_dir, tmp_path, monkeypatch):
   importlib.import_module("starbucks_jax.training.loop")  # imported before jax.jit is made to fail

@@ -35,7 +35,11 @@ CASES = {
     "cosent": (dict(mode="starbucks", kl="scores", objective="cosent"), 1, 12, 12, {}, GradCacheConfig(8)),
     "two-lengths-dot-remat": (dict(mode="starbucks", kl="scores", similarity="dot", temperature=0.5), 3, 8, 16,
                               {"remat": True, "pooling": "cls"}, GradCacheConfig(8, 8)),
+    # Clean negatives (`losses/negatives.py`): the batch carries text ids with duplicated texts (`make_batch`).
+    "starbucks-clean": (dict(mode="starbucks", kl="scores"), 2, 12, 12, {}, GradCacheConfig(8)),
+    "2dmse-clean": (dict(mode="2dmse", layers=(0, 1, 2), dims=(8, 16, 32)), 2, 12, 12, {}, GradCacheConfig(8)),
 }
+CLEAN_CASES = ("starbucks-clean", "2dmse-clean")
 
 # An "optimizer" that keeps the step's gradients as its state and changes nothing: the step's program
 # then returns exactly the gradients it would apply.
@@ -58,7 +62,9 @@ def model(dropout: float = 0.1, family: str = "bert"):
   return config, bert.init_params(config, jax.random.key(0))
 
 
-def make_batch(group: int, query_length: int, passage_length: int, scored: bool) -> dict:
+def make_batch(group: int, query_length: int, passage_length: int, scored: bool, clean: bool = False) -> dict:
+  """Random texts; `clean`: with text ids and duplicates (rows and ids copied): query 9 is query 2, query 5's
+  hard negative is query 0's positive, query 7's positive is query 3's, query 11's hard negative its own positive."""
   rng = np.random.default_rng(0)
 
   def side(rows, length):
@@ -71,6 +77,13 @@ def make_batch(group: int, query_length: int, passage_length: int, scored: bool)
   batch = {"query_input_ids": qi, "query_attention_mask": qm, "passage_input_ids": pi, "passage_attention_mask": pm}
   if scored:
     batch["labels"] = rng.random(QUERIES).astype(np.float32)
+  if clean:
+    batch["query_text_ids"] = np.arange(QUERIES, dtype=np.int32)
+    batch["passage_text_ids"] = np.arange(QUERIES * group, dtype=np.int32) + 1000
+    for side, to, source in (("query", 9, 2), ("passage", 5 * group + 1, 0), ("passage", 7 * group, 3 * group),
+                             ("passage", 11 * group + 1, 11 * group)):
+      for key in (f"{side}_input_ids", f"{side}_attention_mask", f"{side}_text_ids"):
+        batch[key][to] = batch[key][source]
   return batch
 
 
@@ -107,7 +120,8 @@ def compare(case: str, mesh, dtype: str = "float32", family: str = "bert") -> di
   "bert", or "qwen3" with its own default pooling (last)."""
   config, params = model(family=family)
   _, group, query_length, passage_length, _, chunks = CASES[case]
-  batch = make_batch(group, query_length, passage_length, scored=CASES[case][0].get("objective") == "cosent")
+  batch = make_batch(group, query_length, passage_length, scored=CASES[case][0].get("objective") == "cosent",
+                     clean=case in CLEAN_CASES)
   plain_metrics, plain_grads = step_results(settings_for(case, config, dtype), params, batch, mesh)
   cached_metrics, cached_grads = step_results(settings_for(case, config, dtype, chunks), params, batch, mesh)
   assert plain_metrics.keys() == cached_metrics.keys()
@@ -121,7 +135,8 @@ def compare(case: str, mesh, dtype: str = "float32", family: str = "bert") -> di
   grad_norm_diff = norm([a - b for a, b in pairs]) / norm([a for a, _ in pairs])
   return {"loss": float(plain_metrics["loss"]), "loss_diff": loss_diff, "metric_diff": metric_diff, "grad_diff": grad_diff,
           "grad_norm_diff": grad_norm_diff,
-          "grad_norm": float(plain_metrics["grad_norm"]), "metrics": len(plain_metrics)}
+          "grad_norm": float(plain_metrics["grad_norm"]), "metrics": len(plain_metrics),
+          "masked_negatives": float(plain_metrics.get("masked_negatives", -1))}
 
 
 def bfloat16_errors(case: str, mesh) -> dict:

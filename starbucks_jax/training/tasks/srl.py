@@ -113,9 +113,10 @@ class SrlStepSettings:
         row_ids=row_ids)
     return {n: apply_dense_head(params, out.pooled(n, self.pooling)) for n in self.spec.pooled_layers()}
 
-  def pooled_loss(self, pooled: list[dict], labels, rng: jax.Array):
+  def pooled_loss(self, pooled: list[dict], batch: SrlBatch, rng: jax.Array):
+    """The loss of the whole batch's pooled vectors; `batch` gives its labels and text ids (clean negatives)."""
     query, passage = pooled
-    return srl_loss(query, passage, labels, self.spec, rng)
+    return srl_loss(query, passage, batch.labels, self.spec, rng, batch.false_negatives(self.spec.group_size))
 
 
 def pass_rngs(dropout_rng: jax.Array, count: int) -> list:
@@ -132,7 +133,7 @@ def compute_loss(params, batch: dict, rng: jax.Array, settings: SrlStepSettings)
   pooled = []
   for text_pass, pass_rng in zip(srl.passes, pass_rngs(dropout_rng, len(srl.passes))):
     pooled += text_pass.sides(settings.encode(params, text_pass.tokens, pass_rng))
-  return settings.pooled_loss(pooled, srl.labels, loss_rng)
+  return settings.pooled_loss(pooled, srl, loss_rng)
 
 
 def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSpec:
@@ -193,6 +194,10 @@ def _settings_by_source(config: TrainConfig, spec: SrlLossSpec, data, model_conf
       _check_length(part.config, model_config, f"data.mixture.{entry.name}")
     part_spec = dataclasses.replace(spec, group_size=part.group_size,  # validates again
                                     objective=source_objective(spec.objective, entry, part))
+    if part.config.clean_negatives and get_objective(part_spec.objective).scored:
+      where = "data.clean_negatives" + (f" (set data.mixture.{entry.name}.clean_negatives=False)" if entry else "")
+      raise StarbucksError(f"{where}: it masks in-batch negatives, and the {part_spec.objective} objective on "
+                           f"{part.kind} data has none: leave it off")
     if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
       grad_cache.check(config.batch_size, part.group_size, devices=1)
     out.append(SrlStepSettings(model_config=model_config, spec=part_spec, pooling=config.model.pooling,
