@@ -28,6 +28,7 @@ from starbucks_jax.model.tokens import Tokens
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, TrainConfig
 from starbucks_jax.training.grad_cache import GradCacheConfig, Side
+from starbucks_jax.training.model_card import card_record
 from starbucks_jax.training.tasks.base import RunSetup, Task, start_params, uses_dropout
 
 
@@ -200,7 +201,9 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                       "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers,
                       # the export's sentence-transformers prompts: the texts training put before each side
-                      "prompts": prompts.for_export(data.query_prompt, data.passage_prompt)},
+                      "prompts": prompts.for_export(data.query_prompt, data.passage_prompt),
+                      "card": card_record(config.init_from or config.model.name, config.data.source,
+                                          source.model_dir, spec.log_pairs())},  # the export's model card
       description=(f"{spec.mode} on {data.kind} data, {data.steps_per_epoch} steps per epoch"
                    + (f", {grad_cache.describe(data.group_size)}" if grad_cache else "")),
       load_params=load_params)
