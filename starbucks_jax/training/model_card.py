@@ -145,7 +145,7 @@ A smaller size as a standalone model (from the training workdir): `python -m sta
 WORKDIR --num-layers N --output OUT`; at any size without exporting: `python -m starbucks_jax.encode --model
 WORKDIR --layer N --dim D --input texts.txt --output emb.npy`.
 
-Serving: `config.json` lists `matryoshka_dimensions`, so vLLM (`vllm serve PATH --task embed`) accepts an
+Serving: `config.json` lists `matryoshka_dimensions`, so vLLM, serving the folder as an embedding model, accepts an
 embedding request's `dimensions` among them (`{{"input": [...], "dimensions": {dim}}}`).
 """
 
