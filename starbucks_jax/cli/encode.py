@@ -22,7 +22,8 @@ from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+  """The command's flags (tests/test_docs.py checks every command the docs show against them)."""
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.encode", description=__doc__.split("\n")[0])
   flags.add_model_flags(p)
   flags.add_size_flags(p)
@@ -32,7 +33,11 @@ def parse_args(argv):
                  "before every text, as SentenceTransformer.encode(prompt_name=NAME)")
   p.add_argument("--input", required=True, help="text file, one text per line")
   p.add_argument("--output", required=True, help="the file to write the array to, in .npy format")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv):
+  return build_parser().parse_args(argv)
 
 
 def read_texts(path: str) -> list[str]:

@@ -32,7 +32,8 @@ from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+  """The command's flags (tests/test_docs.py checks every command the docs show against them)."""
   from starbucks_jax.evaluation.registry import EVALUATORS
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate", description=__doc__.split("\n")[0],
                               epilog="Max lengths: STS texts use --max-length (default: the model's "
@@ -62,7 +63,11 @@ def parse_args(argv):
                  help="with --frontier: vectors in the timed exact search (default 100000)")
   p.add_argument("--output", required=True, help="results .json to write (overwritten if it exists); "
                  "heatmaps are written beside it")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv):
+  return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> None:

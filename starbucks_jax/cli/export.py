@@ -23,7 +23,8 @@ from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+  """The command's flags (tests/test_docs.py checks every command the docs show against them)."""
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.export", description=__doc__.split("\n")[0])
   source = p.add_mutually_exclusive_group(required=True)
   flags.add_model_flag(source, default_model=False)
@@ -40,7 +41,11 @@ def parse_args(argv):
   p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
   p.add_argument("--adapters-only", action="store_true", help="a LoRA workdir: write its adapters alone (PEFT's "
                  "layout) instead of the merged model")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv):
+  return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> None:

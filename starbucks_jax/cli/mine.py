@@ -26,7 +26,8 @@ from starbucks_jax.cli import flags
 from starbucks_jax.errors import StarbucksError, run_cli
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+  """The command's flags (tests/test_docs.py checks every command the docs show against them)."""
   from starbucks_jax.mining.select import SAMPLINGS
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.mine", description=__doc__.split("\n")[0])
   flags.add_model_flags(p)
@@ -53,7 +54,11 @@ def parse_args(argv):
                  "SQ8, IVF4096,PQ32, ...), filled shard by shard for corpora whose vectors do not fit")
   p.add_argument("--nprobe", type=int, help="with an IVF --faiss index: lists searched per query")
   p.add_argument("--max-examples", type=int, help="mine for the first N training rows only")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv):
+  return build_parser().parse_args(argv)
 
 
 def _check_numbers(args) -> None:

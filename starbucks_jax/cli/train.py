@@ -160,7 +160,11 @@ def main(argv=None) -> dict:
     from starbucks_jax.training.dry_run import dry_run
     return dry_run(config)
   from starbucks_jax.training.loop import train
-  return train(config, workdir)
+  summary = train(config, workdir)
+  if not summary["preempted"] and summary.get("is_main"):  # what the user got, and what to run next
+    from starbucks_jax.training.run_scores import run_summary
+    print("\n" + run_summary(summary, workdir, summary["pairs"]), flush=True)
+  return summary
 
 
 def use_cpu_devices(count: int) -> None:

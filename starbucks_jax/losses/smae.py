@@ -1,10 +1,10 @@
 """The SMAE pre-training loss: masked-LM at every (layer, dim) pair, plus a masked-autoencoder decoder.
 
 For each pair (n, d), as ielab/Starbucks `smae/modelling.py` computes it:
-  MLM  cross-entropy of head(hidden[n][:, :, :d]) at the encoder-masked positions; the head's transform
+  MLM  cross-entropy of `head(hidden[n][:, :, :d])` at the encoder-masked positions; the head's transform
        dense layer reads only its first d input rows (full bias), then GELU, LayerNorm and the decoder
        tied to the word embeddings, plus the output bias (`model/mlm_head.py`).
-  MAE  c = head_transform(hidden[n][:, 0, :d]) replaces position 0 of the embedded decoder input (the
+  MAE  `c = head_transform(hidden[n][:, 0, :d])` replaces position 0 of the embedded decoder input (the
        decoder-masked ids through the encoder's own embedding layer); one encoder layer of its own
        (`params["mae_decoder"]`, initialised as a copy of encoder layer 1) runs over it with the padding
        mask, and the shared MLM head predicts the decoder-masked positions.

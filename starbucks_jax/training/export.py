@@ -28,6 +28,7 @@ from starbucks_jax.hf.save import save_pretrained
 from starbucks_jax.model.registry import pooling_or_default
 from starbucks_jax.runtime import outputs, workdir as workdir_lib
 from starbucks_jax.runtime.workdir import ModelSource, ServingSettings
+from starbucks_jax.training import model_card
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 EXPORT_ENTRIES = frozenset(TOKENIZER_FILES) | {
     "config.json", "model.safetensors", "modules.json", "1_Pooling", "2_Normalize", "sentence_bert_config.json",
     "config_sentence_transformers.json"} | {f"{i}_{m}" for i in range(2, 10) for m in ("Dense", "Normalize")} | {
-    "adapter_model.safetensors", "adapter_config.json"}  # a LoRA run's adapters alone (`lora_export.py`)
+    "adapter_model.safetensors", "adapter_config.json"} | {  # a LoRA run's adapters alone (`lora_export.py`)
+    model_card.CARD, model_card.MANIFEST}  # a run's export: its model card and manifest (`model_card.py`)
 
 
 def _is_or_holds(output, held) -> bool:
@@ -66,8 +68,9 @@ def check_export_output(output, *, overwrite: bool, source: ModelSource | None =
 
 
 def write_export(params: dict, config, tokenizer_dir: Path, output, *, serving: ServingSettings,
-                 num_layers: int | None = None, overwrite: bool = False):
-  """Writes `output` from host `params`; an existing export is replaced only with `overwrite`."""
+                 num_layers: int | None = None, overwrite: bool = False, run: tuple | None = None):
+  """Writes `output` from host `params`; an existing export is replaced only with `overwrite`. `run`
+  (workdir, step): a training run's export, which gets its model card and manifest (`model_card.py`)."""
   output = check_export_output(output, overwrite=overwrite)
   remote = storage.is_remote(output)
   try:
@@ -81,6 +84,9 @@ def write_export(params: dict, config, tokenizer_dir: Path, output, *, serving: 
                     pooling=pooling_or_default(serving.pooling, config),
                     max_seq_length=serving.max_seq_length or config.max_text_length,
                     normalize=serving.normalize, with_mlm_head=serving.mlm_head, prompts=serving.prompts)
+    if run is not None:
+      model_card.write_hub_files(staging, run[0], step=run[1], num_layers=num_layers or config.num_hidden_layers,
+                                 mlm_head=serving.mlm_head)
     _upload(output, staging) if remote else _replace(output, staging)
   except OSError as e:
     raise StarbucksError(f"cannot write the export {output}: {outputs.os_problem(e)}") from None
@@ -122,7 +128,7 @@ def export_params(workdir, params: dict, output, *, step: int, num_layers: int |
   serving = ServingSettings(serving.pooling or "mean", serving.max_seq_length, serving.normalize,
                             serving.mlm_head and "mlm_head" in params, serving.prompts)
   write_export(params, source.config(), source.model_dir, output, serving=serving, num_layers=num_layers,
-               overwrite=overwrite)
+               overwrite=overwrite, run=(workdir, step))
   log.info("exported step %d to %s", step, output)
   return output
 

@@ -139,7 +139,8 @@ def _initial_state(run: PreparedRun, run_checkpoints) -> tuple[object, int]:
 
 
 def train(config_dict, workdir) -> dict:
-  """Runs (or resumes) training; returns a summary: final step, last metrics, export path, preempted."""
+  """Runs (or resumes) training; returns a summary: final step, last metrics, export path, preempted, and
+  for a finished run the pairs it trained and whether this is process 0 (`run_scores.run_summary` prints it)."""
   # --- Checks that need no compilation: config, workdir, model config, pairs, data files. ---
   config = tasks.read_config(config_dict)
   config.wandb.check()
@@ -181,7 +182,8 @@ def _train(config: TrainConfig, config_dict, config_json: str, workdir) -> dict:
     host_params = lora.host_params(state, run.mesh)  # every process takes part
     if is_main:
       export_dir = export_params(workdir, host_params, workdir / "export", step=total_steps, overwrite=True)
-  return {"step": total_steps, "metrics": last_metrics, "export": export_dir, "preempted": False}
+  return {"step": total_steps, "metrics": last_metrics, "export": export_dir, "preempted": False,
+          "pairs": run.setup.log_pairs, "is_main": is_main}
 
 
 def _evaluate(evaluator: TrainingEvaluator, state, mesh, done: int, is_main: bool) -> dict[str, float]:

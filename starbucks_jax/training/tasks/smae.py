@@ -25,6 +25,7 @@ from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, ModelOptions, TrainConfig
 from starbucks_jax.training.optim import OptimizerConfig
 from starbucks_jax.training.tasks.base import RunSetup, Task, start_params, uses_dropout
+from starbucks_jax.training.model_card import card_record
 
 log = logging.getLogger("starbucks_jax.train")
 
@@ -110,7 +111,9 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
       model_settings={"pooling": config.model.pooling,
                       "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers,
-                      "mlm_head": True},
+                      "mlm_head": True,
+                      "card": card_record(config.init_from or config.model.name, data_config.source,
+                                          source.model_dir, spec.log_pairs())},  # the export's model card
       description=(f"{spec.mode} pre-training, masks {data_config.encoder_mask_rate}/"
                    f"{data_config.decoder_mask_rate}, "
                    + (f"{steps_per_epoch} steps per epoch" if steps_per_epoch else "streamed")),

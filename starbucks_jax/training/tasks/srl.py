@@ -29,6 +29,7 @@ from starbucks_jax.model.tokens import Tokens
 from starbucks_jax.pairs import BERT_BASE_PAIRS, parse_pairs
 from starbucks_jax.training.config import DTYPES, TrainConfig
 from starbucks_jax.training.grad_cache import GradCacheConfig, Side
+from starbucks_jax.training.model_card import card_record
 from starbucks_jax.training.tasks.base import RunSetup, Task, start_params, uses_dropout
 
 
@@ -206,6 +207,11 @@ def _settings_by_source(config: TrainConfig, spec: SrlLossSpec, data, model_conf
   return out
 
 
+def _data_sources(data) -> str:
+  """The run's data sources, comma-separated (a mixture's each; what the model card names)."""
+  return ",".join(part.config.source for part in getattr(data, "parts", [data]))
+
+
 def _describe(spec: SrlLossSpec, data, grad_cache) -> str:
   if hasattr(data, "parts"):
     what = f"a mixture of {len(data.parts)} sources ({', '.join(data.source_names)})"
@@ -251,7 +257,9 @@ def prepare(config: TrainConfig, source, model_config: EncoderConfig) -> RunSetu
                       "max_seq_length": config.export.serving_length(source, model_config),
                       "normalize": config.export.normalize, "num_layers": model_config.num_hidden_layers,
                       # the export's sentence-transformers prompts: the texts training put before each side
-                      "prompts": prompts.for_export(*export_prompts(config.data, data))},
+                      "prompts": prompts.for_export(*export_prompts(config.data, data)),
+                      "card": card_record(config.init_from or config.model.name, _data_sources(data),
+                                          source.model_dir, spec.log_pairs())},  # the export's model card
       description=_describe(settings.spec, data, grad_cache), load_params=load_params,
       settings_by_source=tuple(by_source), source_names=getattr(data, "source_names", ()))
 
