@@ -17,8 +17,7 @@ G is 1 for pairs and scored pairs (query = sentence1, passage = sentence2), 2 fo
 
 Order: `batching.EpochOrder` (a permutation per (seed, epoch); the last incomplete batch of an epoch is
 dropped). A host reads and tokenizes only its own rows, by random access, so resuming at any step reads
-nothing twice and `batch(step)` is a pure function of the step. Which columns hold what is the data's
-schema (`schemas.py`).
+nothing twice and `batch(step)` is a pure function of the step. Which columns hold what: `schemas.py`.
 
 Packed (`packing=True`, `packing.py`): all the batch's texts, queries then passages, laid end to end in
 rows of `pack_length` tokens, each text numbered globally (query i of the global batch is text i,
@@ -29,15 +28,15 @@ passage j is text B + j, B the global batch size):
     passage_lengths                                         int32 [b * G]  tokens of each passage
     labels                                                  float32 [b]    scored pairs only
 
-R is fixed for the run (`pack_rows`, or estimated from the first batches); a batch
-that needs more rows takes them, a new shape. With `pack_groups` k > 1 (micro-batches, GradCache chunks)
-query i and its passages go to group i mod k, numbered as in a batch of B / k (`packing.py`).
+R is fixed for the run (`pack_rows`, or estimated from the first batches); a batch that needs more rows takes
+them, a new shape. With `pack_groups` k > 1 (micro-batches, GradCache chunks) query i and its passages go to
+group i mod k, numbered as in a batch of B / k (`packing.py`).
 
-Shapes: texts are padded to the smallest bucket length that holds the batch's longest text (buckets:
-powers of two from 16, then the max length), so few shapes compile. Hosts see different rows, so their
-longest texts differ; bucketing on host-local rows would give hosts different shapes, which a
-multi-host step cannot take. With `fixed_lengths` (the default when process_count > 1) every batch is
-padded to the max lengths instead, and all hosts always agree without exchanging anything.
+Shapes: texts are padded to the smallest bucket length that holds the batch's longest text (buckets: powers
+of two from 16, then the max length), so few shapes compile. Hosts see different rows, so their longest texts
+differ; bucketing on host-local rows would give hosts different shapes, which a multi-host step cannot take.
+With `fixed_lengths` (the default when process_count > 1) every batch is padded to the max lengths instead,
+and all hosts always agree without exchanging anything.
 """
 
 from __future__ import annotations
@@ -64,28 +63,28 @@ class DataConfig:
   """Where training data comes from and how it is cut; built from `config.data`.
 
   Attributes:
-    source: local file path(s), comma-separated, .jsonl/.json/.csv/.parquet (read whole: `split` does
-      not apply); "hf:NAME[:CONFIG]", a hub data set (or a local dataset folder) read with
-      `datasets.load_dataset(NAME, CONFIG, split=split)`; or "tfds:NAME[/CONFIG][:VERSION]", a TFDS
-      data set prepared in ArrayRecord format, read with `tfds.data_source`.
-    split: the split of a hub or TFDS source.
-    kind: "triplets" (anchor, positive, negative), "pairs" (anchor, positive), "scored" (sentence1,
-      sentence2, score), "tevatron" (query, positive_passages[, negative_passages]), or "auto" to decide
-      from the column names. "query" may replace "anchor".
+    source: file path(s), comma-separated, .jsonl/.json/.csv/.parquet (read whole: `split` does not apply),
+      Parquet shards (gs://b/d/*.parquet: read lazily, `sources.py`); "hf:NAME[:CONFIG]", a hub data set
+      (or a local dataset folder) read with `datasets.load_dataset(NAME, CONFIG, split=split)`; or
+      "tfds:NAME[/CONFIG][:VERSION]", a TFDS data set prepared in ArrayRecord format (`tfds.data_source`).
+    kind: "triplets" (anchor, positive, negative), "pairs" (anchor, positive), "scored" (sentence1, sentence2,
+      score), "tevatron" (query, positive_passages[, negative_passages]), or "auto" to decide from the column
+      names. "query" may replace "anchor".
     train_group_size: Tevatron only: passages per query, 1 positive and train_group_size - 1 negatives.
     query_max_length, passage_max_length: queries / passages are truncated to this many tokens, [SEP] kept.
     query_prompt, passage_prompt: put before every query / passage text, as sentence-transformers' prompts (their
       tokens count in the max lengths; "" = none; scored pairs: the query's on both; `prompts.py`); or *_prefix.
-    tfds_data_dir: where TFDS data sets are prepared (TFDS's default when None).
+    split: the split of a hub or TFDS source. tfds_data_dir: where TFDS data sets are prepared (None: TFDS's).
     max_examples: use only the first this many rows (quick runs).
-    same_length: pad queries and passages of a batch to one length (the larger of their two), so the
-      trainer encodes both in one forward pass and compiles one step per bucket instead of one per
-      (query bucket, passage bucket) pair. Turn it off when queries are much shorter than passages.
-    packing: lay texts end to end in rows of `pack_length` tokens instead of one padded row each
-      (module docstring); one forward pass and one shape for the run.
-    pack_length: tokens per packed row; None: the larger max length. Positions restart in every text,
-      so it may exceed the model's max_position_embeddings.
+    same_length: pad queries and passages of a batch to one length (the larger of their two), so the trainer
+      encodes both in one forward pass and compiles one step per bucket instead of one per (query bucket,
+      passage bucket) pair. Turn it off when queries are much shorter than passages.
+    packing: lay texts end to end in rows of `pack_length` tokens instead of one padded row each (module
+      docstring); one forward pass and one shape for the run. pack_length: tokens per packed row; None: the
+      larger max length (positions restart in every text, so it may exceed max_position_embeddings).
     pack_rows: packed rows per host and batch (or micro-batch, chunk); None: estimated from the first batches.
+    bad_rows: a bad row of lazy Parquet shards met while training: "error" (one error naming file and row) or
+      "skip" (the next good row instead). streaming: refused, saying why (`sources.STREAMING_REFUSED`).
   """
   source: str = ""
   split: str = "train"
@@ -103,6 +102,8 @@ class DataConfig:
   packing: bool = False
   pack_length: int | None = None
   pack_rows: int | None = None
+  bad_rows: str = "error"
+  streaming: bool = False
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source.strip():
@@ -119,17 +120,15 @@ class DataConfig:
     prompts.data_prompts(self)  # strings, and an older name agreeing with the new
     longest = max(self.query_max_length, self.passage_max_length)
     if self.pack_length is not None and self.pack_length < longest:
-      raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than the longest text allowed "
-                           f"({longest} tokens: query_max_length, passage_max_length)")
+      raise StarbucksError(f"data.pack_length {self.pack_length} is shorter than the longest text allowed ({longest} "
+                           "tokens: query_max_length, passage_max_length)")
 
   @property
-  def row_length(self) -> int:
-    """Tokens per packed row."""
+  def row_length(self) -> int:  # tokens per packed row
     return self.pack_length or max(self.query_max_length, self.passage_max_length)
 
   @classmethod
-  def from_config_dict(cls, cd) -> "DataConfig":
-    """From an ml_collections ConfigDict (or any mapping) with some of this class's fields."""
+  def from_config_dict(cls, cd) -> "DataConfig":  # from a ConfigDict (or any mapping) with some of these fields
     return config_blocks.from_config_dict(cls, cd, "data")
 
 
@@ -182,19 +181,20 @@ class TrainData(HostBatches):
     self.passage_buckets = bucket_list(buckets, config.passage_max_length)
 
     self.table = sources.open_table(config.source, split=config.split, tfds_data_dir=config.tfds_data_dir,
-                                    max_examples=config.max_examples)
+                                    max_examples=config.max_examples, bad_rows=config.bad_rows,
+                                    streaming=config.streaming)
     self.schema = schemas.resolve_schema(self.table, config.kind)
     self.kind = self.schema.kind
     self.query_prompt, self.passage_prompt = prompts.data_prompts(config, scored=self.schema.score is not None)
-    passage_counts = self.table.check(self.schema.checks())
+    passage_counts = self.table.check(self.schema.checks())  # lazy shards: the rules, kept for every read
     self.num_examples = len(self.table)
     if self.num_examples < self.global_batch_size:
-      raise StarbucksError(f"{self.table.name} has {self.num_examples} examples, fewer than one global "
-                           f"batch of {self.global_batch_size}")
+      raise StarbucksError(f"{self.table.name} has {self.num_examples} examples, fewer than one global batch of "
+                           f"{self.global_batch_size}")
     self.group_size = self.schema.group_size(config.train_group_size)
     self.order = EpochOrder(self.seed, self.num_examples, self.global_batch_size)
     self.steps_per_epoch = self.order.steps_per_epoch
-    if self.schema.passages:
+    if self.schema.passages and (not self.schema.negative or self.schema.negative in passage_counts):  # lazy: none
       self._report_fill(passage_counts.get(self.schema.negative))
     self.row_multiple = row_multiple
     self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length,
@@ -206,9 +206,9 @@ class TrainData(HostBatches):
     wanted = self.group_size - 1
     short = self.num_examples if negative_counts is None else int(np.sum(negative_counts < wanted))
     if wanted and short:
-      log.warning("%s: %d of %d queries have fewer than %d hard negatives; their groups are filled with "
-                  "positive passages of other queries, drawn at random (never the query's own "
-                  "positives)", self.table.name, short, self.num_examples, wanted)
+      log.warning("%s: %d of %d queries have fewer than %d hard negatives; their groups are filled with positive "
+                  "passages of other queries, drawn at random (never the query's own positives)", self.table.name,
+                  short, self.num_examples, wanted)
 
   def example_indices(self, step: int) -> np.ndarray:
     """The example (row) indices of global batch `step`, all hosts' rows, in batch order."""
@@ -320,10 +320,10 @@ class TrainData(HostBatches):
   def _fill(self, groups: list[_Group]) -> None:
     """Completes short groups with positives of other queries, each group drawing from its own rng.
 
-    A round draws, for every short group, as many other rows as it lacks passages, reads their
-    positives in one call, and takes one of each at random unless it is (or duplicates) one of the
-    query's own positives or a passage already in the group. Each group's draws depend only on its own
-    rng and the data, so the result does not depend on which host or batch the query is in.
+    A round draws, for every short group, as many other rows as it lacks passages, reads their positives in
+    one call, and takes one of each at random unless it is (or duplicates) one of the query's own positives or
+    a passage already in the group. Each group's draws depend only on its own rng and the data, so the result
+    does not depend on which host or batch the query is in.
     """
     for _ in range(MAX_FILL_ROUNDS):
       if not groups:
