@@ -14,6 +14,7 @@ setup(
         "starbucks-encode=starbucks_jax.cli.encode:run",
         "starbucks-export=starbucks_jax.cli.export:run",
         "starbucks-mine=starbucks_jax.cli.mine:run",
+        "starbucks-check=starbucks_jax.cli.check:run",
     ]},
     install_requires=[
         "jax>=0.4.35",

@@ -229,3 +229,53 @@ def _fetch(fs, url: str, local: pathlib.Path) -> None:
     if os.path.exists(staging):
       os.unlink(staging)
   stamp.write_text(json.dumps(version))
+
+
+GLOB_CHARACTERS = "*?["
+
+
+def matching_files(pattern: str, what: str) -> list[tuple[str, int]]:
+  """(path, size in bytes) of each file a glob (`gs://b/data/*.parquet`, `shards/part-*.parquet`) or a folder
+  ending in "/" names, sorted by path; one listing request for a bucket, no object is read.
+
+  Raises:
+    StarbucksError: the bucket cannot be used, or nothing matches.
+  """
+  folder = pattern.endswith("/")
+  if is_remote(pattern):
+    check_store(pattern, what)
+    fs = _filesystem(pattern)
+    fs.invalidate_cache()
+    scheme = urllib.parse.urlsplit(pattern).scheme
+    try:
+      found = fs.find(pattern, detail=True) if folder else fs.glob(pattern, detail=True)
+    except Exception as e:  # noqa: BLE001 - see check_store
+      raise StarbucksError(f"cannot list {what} {pattern}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") \
+          from None
+    files = [(f"{scheme}://{name}", int(info["size"])) for name, info in found.items()
+             if info.get("type") != "directory"]
+  else:
+    import glob as glob_lib
+    names = ([str(p) for p in pathlib.Path(os.path.expanduser(pattern)).rglob("*")] if folder
+             else glob_lib.glob(os.path.expanduser(pattern)))
+    files = [(name, os.path.getsize(name)) for name in names if os.path.isfile(name)]
+  if not files:
+    raise StarbucksError(f"{what} {pattern} matches no file")
+  return sorted(files)
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+  """Bytes [start, end) of a file, local or remote: one ranged request for an object in a bucket."""
+  if not is_remote(path):
+    with open(os.path.expanduser(path), "rb") as f:
+      return os.pread(f.fileno(), end - start, start)
+  return _filesystem(path).cat_file(path, start=start, end=end)
+
+
+def remote_size(path: str, what: str) -> int:
+  """The size of an object in a bucket (one metadata request); StarbucksError when it does not exist."""
+  check_store(path, what)
+  try:
+    return int(_filesystem(path).info(path)["size"])
+  except FileNotFoundError:
+    raise StarbucksError(f"{what} {path} does not exist") from None

@@ -167,3 +167,25 @@ def train_family_briefly(source: Path, torch_mlm, task: str, tmp_path: Path) -> 
   if task == "srl":
     check_encode_and_evaluate_commands(tmp_path / "run", tmp_path)
   return json.loads((tmp_path / "run" / "export" / "config.json").read_text())
+
+
+SNLI_TRIPLETS = REPO / "data" / "quickstart" / "snli_triplets.jsonl"
+
+
+def snli_parquet_shards(folder: Path, *, shards: int = 4, row_group_size: int = 128,
+                        bad_row: int | None = None) -> list[Path]:
+  """The shipped SNLI triplets as `shards` Parquet files of consecutive rows (so their global order is the
+  file's), row groups of `row_group_size`; `bad_row` (from 0, global) gets an empty anchor."""
+  import json
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  rows = [json.loads(line) for line in SNLI_TRIPLETS.read_text().splitlines()]
+  if bad_row is not None:
+    rows[bad_row] = dict(rows[bad_row], anchor="  ")
+  folder.mkdir(parents=True, exist_ok=True)
+  bounds = np.linspace(0, len(rows), shards + 1).astype(int)
+  paths = []
+  for k in range(shards):
+    paths.append(folder / f"part-{k:05d}.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[bounds[k]:bounds[k + 1]]), paths[-1], row_group_size=row_group_size)
+  return paths

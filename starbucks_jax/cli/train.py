@@ -115,9 +115,10 @@ def _problem(e: Exception, argv: list[str]) -> str:
   return "bad command line: " + "; ".join(lines)
 
 
-def parse_flags(argv) -> tuple:
+def parse_flags(argv, *, workdir_required: bool = True) -> tuple:
   """(config, workdir, RunOptions) from `--config FILE[:ARG] --workdir DIR [--config.key=value ...]
-  [--dry_run] [--cpu_devices N]`; `-h` / `--help` prints the usage and exits."""
+  [--dry_run] [--cpu_devices N]`; `-h` / `--help` prints the usage and exits. The check command needs no
+  workdir (`workdir_required=False`)."""
   from absl import flags
   argv = list(argv)
   if "-h" in argv or "--help" in argv:
@@ -147,7 +148,7 @@ def parse_flags(argv) -> tuple:
   options = RunOptions(dry_run=flag_values.dry_run, cpu_devices=flag_values.cpu_devices)
   if options.cpu_devices is not None and options.cpu_devices < 1:
     raise StarbucksError(f"--cpu_devices must be at least 1, got {options.cpu_devices}")
-  if not flag_values.workdir and not options.dry_run:
+  if not flag_values.workdir and not options.dry_run and workdir_required:
     raise StarbucksError("--workdir is required")
   return config, flag_values.workdir or None, options  # a path or a URL (gs://...): `storage.py` reads both
 

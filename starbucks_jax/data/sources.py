@@ -5,6 +5,13 @@ returns plain Python values (str, float, lists of passage dicts) for just those 
 reads only its own share of a batch. `schemas.resolve_schema` decides which columns hold what (the
 data's kind), and `Table.check` validates every row before any training code compiles.
 
+Parquet shards in a bucket (gs://b/data/*.parquet, a folder gs://b/data/, or one gs:// .parquet file), or
+local shards named by a glob or a folder, are read lazily (`shards.ParquetShards`): footers at open, then only
+the row groups of the rows a host reads, each row validated as it is read (`data.bad_rows`); `check_every_row`
+is the full offline pass. Other files in a bucket (JSON Lines, CSV) have no random access without an index:
+each host downloads the whole file once (`storage.local_copy`, every byte read); convert large ones to Parquet
+shards. A streamed hub data set is refused (`STREAMING_REFUSED`).
+
 Row numbers in messages count data rows from 1 in the order of the file: for JSON Lines and text
 (.txt, pre-training only) the line number, for CSV the line number less the header.
 """
@@ -17,6 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax import storage
+from starbucks_jax.data import shards
 from starbucks_jax.data.checks import (OPTIONAL_PASSAGES, PASSAGES, arrow_check, as_passages, plain, python_check,
                                       utf8_problem, value_problem)
 from starbucks_jax.errors import StarbucksError
@@ -26,6 +34,13 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 # cannot come as plain lines, so for them a .txt file stays an unknown extension.
 TEXT_FILE_BUILDERS = {**FILE_BUILDERS, ".txt": "text"}
 TFDS_CHECK_CHUNK = 1024  # TFDS rows decoded per call while validating
+STREAMING_REFUSED = (
+    "data.streaming=True: training pairs are read by random access, so that batch `step` is a function of "
+    "(seed, step) and a resumed run reads exactly the rows an uninterrupted one would; a streamed hub data set "
+    "has neither a known length nor random access, so it cannot keep that promise. Write it as Parquet shards "
+    "(datasets' IterableDataset, a shard at a time, with small row groups: pyarrow.parquet.write_table(..., "
+    "row_group_size=4096)), put them in a bucket and set data.source=gs://BUCKET/PATH/*.parquet: they are "
+    "read lazily, footers at start and then only the row groups each host needs")
 
 
 class Table:
@@ -51,6 +66,12 @@ class Table:
       StarbucksError: naming the file, the row (from 1) and the column of the first bad value.
     """
     raise NotImplementedError
+
+  def check_every_row(self, checks: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The full pass of the `check` command: `check` itself, for tables that check every row at start."""
+    return self.check(checks)
+
+  bytes_read: int | None = None  # bytes fetched from a store so far, where the table counts them (lazy shards)
 
 
 def _problem(name: str, row: int, column: str, problem: str) -> StarbucksError:
@@ -161,8 +182,21 @@ class ConcatTable(Table):
     return out
 
   def check(self, checks):
-    per_table = [t.check(checks) for t in self.tables]
-    return {c: np.concatenate([lengths[c] for lengths in per_table]) for c in per_table[0]}
+    return self._joined([t.check(checks) for t in self.tables])
+
+  def check_every_row(self, checks):
+    return self._joined([t.check_every_row(checks) for t in self.tables])
+
+  @staticmethod
+  def _joined(per_table: list[dict]) -> dict[str, np.ndarray]:
+    """Passage counts of every row, for the columns every part counted (a lazy part counts none)."""
+    return {c: np.concatenate([lengths[c] for lengths in per_table]) for c in per_table[0]
+            if all(c in lengths for lengths in per_table)}
+
+  @property
+  def bytes_read(self):
+    counts = [t.bytes_read for t in self.tables if t.bytes_read is not None]
+    return sum(counts) if counts else None
 
 
 def _check_path(path: str, file_builders: Mapping[str, str]) -> str:
@@ -233,22 +267,51 @@ def _open_tfds(spec: str, split: str, data_dir: str | None, limit: int | None) -
   return TfdsTable(source, f"tfds:{spec} split {split}", limit)
 
 
-def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None = None,
-               max_examples: int | None = None, file_builders: Mapping[str, str] = FILE_BUILDERS) -> Table:
-  """The rows of `source`: comma-separated local files, "hf:NAME[:CONFIG]" or "tfds:NAME[/CONFIG][:VERSION]".
+def _is_pattern(part: str) -> bool:
+  return any(c in part for c in storage.GLOB_CHARACTERS) or part.endswith("/")
 
-  Local files are read whole (`split` does not apply to them); `max_examples` keeps the first rows.
-  `file_builders` maps the file extensions allowed to their `datasets` builders.
+
+def _is_lazy(part: str) -> bool:
+  """Parquet read lazily: shards named by a glob or a folder, or a Parquet file in a bucket."""
+  return _is_pattern(part) and (part.endswith(".parquet") or part.endswith("/")) or (
+      storage.is_remote(part) and part.lower().endswith(".parquet"))
+
+
+def _eager_paths(part: str) -> list[str]:
+  """The files of a part read whole: itself, or what its glob matches."""
+  return [p for p, _ in storage.matching_files(part, "data source")] if _is_pattern(part) else [part]
+
+
+def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None = None,
+               max_examples: int | None = None, file_builders: Mapping[str, str] = FILE_BUILDERS,
+               bad_rows: str = "error", streaming: bool = False) -> Table:
+  """The rows of `source`: comma-separated files or Parquet shards (module docstring), "hf:NAME[:CONFIG]" or
+  "tfds:NAME[/CONFIG][:VERSION]".
+
+  Files are read whole (`split` does not apply to them), Parquet shards lazily; `max_examples` keeps the
+  first rows. `file_builders` maps the file extensions allowed to their `datasets` builders. `bad_rows`
+  ("error" or "skip"): what a lazy table does with a bad row met while reading. `streaming` is refused.
   """
   source = source.strip()
+  if streaming:
+    raise StarbucksError(STREAMING_REFUSED)
+  if bad_rows not in shards.BAD_ROWS:
+    raise StarbucksError(f"data.bad_rows must be 'error' or 'skip', got {bad_rows!r}")
   if source.startswith("hf:"):
     return _open_hub(source[3:], split, max_examples)
   if source.startswith("tfds:"):
     return _open_tfds(source[5:], split, tfds_data_dir, max_examples)
+  parts = [p.strip() for p in source.split(",") if p.strip()]
+  if not parts:
+    raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
+  opened: list = [part if _is_lazy(part) else local_files(",".join(_eager_paths(part)), file_builders)
+                  for part in parts]  # every path checked (eager files fetched) before reading any
   tables, left = [], max_examples
-  for path, builder in local_files(source, file_builders):  # every path checked before reading any
-    if left is not None and left <= 0:
-      break
-    tables.append(_open_file(path, builder, left))
-    left = None if left is None else left - len(tables[-1])
+  for part in opened:
+    for path, builder in ([(part, None)] if isinstance(part, str) else part):
+      if left is not None and left <= 0:
+        break
+      tables.append(shards.ParquetShards(path, limit=left, bad_rows=bad_rows) if builder is None
+                    else _open_file(path, builder, left))
+      left = None if left is None else left - len(tables[-1])
   return tables[0] if len(tables) == 1 else ConcatTable(tables)

@@ -91,6 +91,8 @@ class DataConfig:
       above but the shared layout}} (`mixture.py`); each batch comes from one of them.
     sampling: a mixture's steps per source: "size" (each source's epoch) or "weights" (shares by weight).
     mix_sources: a mixture's batches hold rows of every source instead of one (one objective, one group size).
+    bad_rows: a bad row of lazy Parquet shards met while training: "error" (one error naming file and row) or
+      "skip" (the next good row instead). streaming: refused, saying why (`sources.STREAMING_REFUSED`).
     clean_negatives: add each text's identity to a batch, so that the loss masks in-batch false negatives
       (`text_ids.py`; not for scored pairs, whose CoSENT loss has no negatives).
   """
@@ -110,6 +112,8 @@ class DataConfig:
   packing: bool = False
   pack_length: int | None = None
   pack_rows: int | None = None
+  bad_rows: str = "error"
+  streaming: bool = False
   mixture: tuple = dataclasses.field(default=(), metadata={"parse": parse_mixture, "as_config": mixture_entries})
   sampling: str = "size"
   mix_sources: bool = False
@@ -182,11 +186,12 @@ class TrainData(HostBatches):
     self.passage_buckets = bucket_list(buckets, config.passage_max_length)
 
     self.table = sources.open_table(config.source, split=config.split, tfds_data_dir=config.tfds_data_dir,
-                                    max_examples=config.max_examples)
+                                    max_examples=config.max_examples, bad_rows=config.bad_rows,
+                                    streaming=config.streaming)
     self.schema = schemas.resolve_schema(self.table, config.kind)
     self.kind = self.schema.kind
     self.query_prompt, self.passage_prompt = prompts.data_prompts(config, scored=self.schema.score is not None)
-    passage_counts = self.table.check(self.schema.checks())
+    passage_counts = self.table.check(self.schema.checks())  # lazy shards: the rules, kept for every read
     self.num_examples = len(self.table)
     if self.num_examples < self.global_batch_size:
       raise StarbucksError(f"{self.table.name} has {self.num_examples} examples, fewer than one global "
@@ -194,7 +199,7 @@ class TrainData(HostBatches):
     self.group_size = self.schema.group_size(config.train_group_size)
     self.order = EpochOrder(self.seed, self.num_examples, self.global_batch_size)
     self.steps_per_epoch = self.order.steps_per_epoch
-    if self.schema.passages:
+    if self.schema.passages and (not self.schema.negative or self.schema.negative in passage_counts):  # lazy: none
       self._report_fill(passage_counts.get(self.schema.negative))
     self.row_multiple = row_multiple
     self.pack_rows = (packing.run_rows(config.pack_rows, self.estimate_pack_rows, row_multiple, config.row_length,

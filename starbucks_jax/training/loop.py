@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from starbucks_jax.data import packing
+from starbucks_jax.errors import StarbucksError
 from starbucks_jax.model.registry import family_of
 from starbucks_jax.runtime import checkpoints, distributed, lease, outputs, sharding, wandb_run, workdir as workdir_lib
 from starbucks_jax.runtime.metrics import MetricsLog
@@ -55,6 +56,7 @@ class PreparedRun:
   step_fns: tuple          # jitted (state, batch) -> (state, metrics), state donated: one per source of a
                            # mixture (`data.source_of(step)` picks it), else one
   init_state: object       # params -> the first TrainState (full fine-tuning, or LoRA: `lora.py`)
+  data_bytes_before_step_0: int | None = None  # what lazy sources fetched up to the first batch (else None)
 
 
 def build(config: TrainConfig, *, abstract_params: bool = False) -> PreparedRun:
@@ -166,14 +168,18 @@ def _train(config: TrainConfig, config_dict, config_json: str, workdir) -> dict:
   log.info("training %s: %d steps of %d examples, pairs %s, mesh %s over %d device(s) in %d process(es)",
            run.setup.description, run.setup.total_steps, config.batch_size, run.setup.log_pairs,
            dict(run.mesh.shape), run.mesh.devices.size, jax.process_count())
-  state, done, last_metrics, preempted = _loop(run, state, start_step, evaluator, metrics_log, run_checkpoints,
-                                               is_main)
-  metrics_log.close()
+  try:
+    state, done, last_metrics, preempted = _loop(run, state, start_step, evaluator, metrics_log, run_checkpoints,
+                                                 is_main)
+  finally:  # a bad row met mid-run (or any failure): the checkpoints begun are finished, the metrics flushed
+    run_checkpoints.wait()
+    metrics_log.close()
+  data_read = {"data_bytes_before_step_0": run.data_bytes_before_step_0}
   total_steps = run.setup.total_steps
   if preempted:
     log.warning("preempted: saved the checkpoint at step %d of %d; run the same command to resume", done,
                 total_steps)
-    return {"step": done, "metrics": last_metrics, "export": None, "preempted": True}
+    return {"step": done, "metrics": last_metrics, "export": None, "preempted": True, **data_read}
   if start_step < total_steps and int(jax.device_get(state.skipped_steps)):
     log.warning("%d of %d steps were skipped because their loss or gradients were not finite",
                 int(jax.device_get(state.skipped_steps)), total_steps)
@@ -183,7 +189,7 @@ def _train(config: TrainConfig, config_dict, config_json: str, workdir) -> dict:
     if is_main:
       export_dir = export_params(workdir, host_params, workdir / "export", step=total_steps, overwrite=True)
   return {"step": total_steps, "metrics": last_metrics, "export": export_dir, "preempted": False,
-          "pairs": run.setup.log_pairs, "is_main": is_main}
+          "pairs": run.setup.log_pairs, "is_main": is_main, **data_read}
 
 
 def _evaluate(evaluator: TrainingEvaluator, state, mesh, done: int, is_main: bool) -> dict[str, float]:
@@ -209,6 +215,26 @@ def _agree_packed_rows(local_batch: dict, data) -> dict:
   return packing.pad_to_rows(local_batch, rows, data.row_pads(), groups=data.pack_groups)
 
 
+def _next_batch(pending, step: int, done: int) -> dict:
+  """Batch `step` from the background thread; a bad row it met (lazy sources check rows as they are read)
+  becomes one error naming the step, the checkpoints already saved untouched."""
+  try:
+    return pending.result()
+  except StarbucksError as e:
+    raise StarbucksError(f"{e}; in the batch of step {step + 1}, after step {done} of this run") from None
+
+
+def _report_bytes_read(run: PreparedRun, step: int) -> None:
+  """Logs what the data source fetched up to the first step's batch (lazy sources count: `data/shards.py`)."""
+  tables = [getattr(part, "table", None) for part in getattr(run.setup.data, "parts", [run.setup.data])]
+  counted = [t for t in tables if getattr(t, "bytes_read", None) is not None]  # a mixture's: every source's
+  read = sum(t.bytes_read for t in counted) if counted else None
+  run.data_bytes_before_step_0 = read
+  if read is not None:
+    total = sum(getattr(t, "total_bytes", None) or 0 for t in counted)
+    log.info("data: %d bytes read before step %d%s", read, step, f" (of {total} in the files)" if total else "")
+
+
 def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_checkpoints, is_main: bool):
   """Steps from `start_step` to the end or to a preemption; returns (state, steps done, the last logged
   metrics, whether it was preempted). Every checkpoint is on disk when it returns."""
@@ -225,7 +251,9 @@ def _loop(run: PreparedRun, state, start_step: int, evaluator, metrics_log, run_
   done, preempted = start_step, False
   per_source = SourceMetrics(setup.source_names, setup.data, start_step)
   for step in range(start_step, total_steps):
-    local_batch = pending.result()
+    local_batch = _next_batch(pending, step, done)
+    if step == start_step:
+      _report_bytes_read(run, step)
     pending = prefetch.submit(setup.data.batch, step + 1) if step + 1 < total_steps else None
     if jax.process_count() > 1 and packing.is_packed(local_batch):
       local_batch = _agree_packed_rows(local_batch, setup.data)
