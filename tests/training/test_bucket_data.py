@@ -40,3 +40,47 @@ def test_a_bad_row_met_at_step_5_keeps_the_checkpoint_of_step_3(gcs, tiny_dir, t
   assert any("resuming from the checkpoint at step 3" in r.getMessage() for r in caplog.records)
   assert summary["step"] == 6 and 0 < summary["data_bytes_before_step_0"] < total / 4
   assert checkpoints.saved_steps(tmp_path / "run") == [3, 6]
+
+
+def test_a_mixture_in_a_bucket_starts_on_footers_and_trains_as_its_local_files(gcs, tiny_dir, tmp_path, caplog,
+                                                                              datasets_cache):
+  """SNLI triplets and STS-B scored pairs as Parquet shards in the bucket, one mixture: before step 0 the run
+  has read the footers and its first batch's row groups, a small part of the shards (logged, returned), and
+  it logs what the same mixture of the local JSON Lines files logs, step for step."""
+  import json
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from starbucks_jax.runtime.metrics import read_metrics
+  from tests.helpers import REPO
+  stsb = [json.loads(line) for line in (REPO / "data" / "quickstart" / "stsb_train.jsonl").read_text().splitlines()]
+  (tmp_path / "stsb").mkdir()
+  for k, part in enumerate((stsb[:3000], stsb[3000:])):
+    pq.write_table(pa.Table.from_pylist(part), tmp_path / "stsb" / f"part-{k:05d}.parquet", row_group_size=128)
+  shards = snli_parquet_shards(tmp_path / "snli") + sorted((tmp_path / "stsb").iterdir())
+  storage.upload_tree(tmp_path / "snli", "gs://bucket/mix/snli")
+  storage.upload_tree(tmp_path / "stsb", "gs://bucket/mix/stsb")
+  total = sum(p.stat().st_size for p in shards)
+
+  def mixture_run(snli: str, stsb_source: str, workdir):
+    config = tiny_config(tiny_dir, **{"data.max_examples": None, "eval.sts": (), "num_steps": 8,
+                                      "checkpoint.every_steps": 8})
+    config.data.source = ""
+    config.data.mixture = {"snli": dict(source=snli), "stsb": dict(source=stsb_source, kind="scored")}
+    return run_train(config, workdir)
+
+  with caplog.at_level(logging.INFO, logger="starbucks_jax"):
+    summary = mixture_run("gs://bucket/mix/snli/*.parquet", "gs://bucket/mix/stsb/*.parquet", tmp_path / "remote")
+  before = [r.getMessage() for r in caplog.records if "bytes read before step 0" in r.getMessage()]
+  assert len(before) == 1 and 0 < summary["data_bytes_before_step_0"] < total / 4, (before, total)
+  local = mixture_run(str(REPO / "data" / "quickstart" / "snli_triplets.jsonl"),
+                      str(REPO / "data" / "quickstart" / "stsb_train.jsonl"), tmp_path / "local")
+  assert local["data_bytes_before_step_0"] is None  # read whole, not counted
+  drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+  remote_rows = read_metrics(tmp_path / "remote")
+  assert drop_timing(remote_rows) == drop_timing(read_metrics(tmp_path / "local"))
+  from starbucks_jax.data.mixture import MixtureOrder
+  order = MixtureOrder(seed=0, shares=[5883 // BATCH, 5749 // BATCH])  # the sources in name order
+  dealt = {("snli", "stsb")[order(step)[0]] for step in range(8)}
+  assert dealt == {"snli", "stsb"}  # both sources come up in these 8 steps: the test sees both read
+  assert {k for r in remote_rows for k in r if k.startswith("source/") and k.endswith("/loss")} == {
+      f"source/{name}/loss" for name in dealt}
