@@ -34,13 +34,15 @@ def get_config():
   c.data.query_max_length = 32
   c.data.passage_max_length = 32
   c.data.mixture = {
-      "snli": dict(source=os.path.join(DATA, "snli_triplets.jsonl"), max_examples=2880),
+      # weight: each source's share of the steps with --config.data.sampling=weights (a flag can override a
+      # key a config file sets, not add one: --config.data.mixture.stsb.weight=2.0).
+      "snli": dict(source=os.path.join(DATA, "snli_triplets.jsonl"), max_examples=2880, weight=1.0),
       # Claims are short; the cited abstracts are long (128 tokens keep their opening). No hard negatives:
       # each claim's second passage is another claim's abstract (`data/groups.py`).
       "scifact": dict(source=os.path.join(DATA, "scifact_train.jsonl"), kind="tevatron", train_group_size=2,
-                      passage_max_length=128),
+                      passage_max_length=128, weight=1.0),
       "stsb": dict(source=os.path.join(DATA, "stsb_train.jsonl"), kind="scored", objective="cosent",
-                   max_examples=1920),
+                   max_examples=1920, weight=1.0),
   }
   c.data.sampling = "size"
   c.starbucks.pairs = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
