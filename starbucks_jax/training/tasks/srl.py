@@ -196,9 +196,9 @@ def _settings_by_source(config: TrainConfig, spec: SrlLossSpec, data, model_conf
     part_spec = dataclasses.replace(spec, group_size=part.group_size,  # validates again
                                     objective=source_objective(spec.objective, entry, part))
     if part.config.clean_negatives and get_objective(part_spec.objective).scored:
-      where = "data.clean_negatives" + (f" (set data.mixture.{entry.name}.clean_negatives=False)" if entry else "")
-      raise StarbucksError(f"{where}: it masks in-batch negatives, and the {part_spec.objective} objective on "
-                           f"{part.kind} data has none: leave it off")
+      where = f" (data.mixture.{entry.name}.clean_negatives=False)" if entry else ""
+      raise StarbucksError(f"data.clean_negatives masks in-batch negatives, and the {part_spec.objective} objective "
+                           f"on {part.kind} data has none: leave it off{where}")
     if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
       grad_cache.check(config.batch_size, part.group_size, devices=1)
     out.append(SrlStepSettings(model_config=model_config, spec=part_spec, pooling=config.model.pooling,
