@@ -158,9 +158,10 @@ def make_loss_spec(s: StarbucksConfig, model_config: EncoderConfig) -> SrlLossSp
 def source_objective(objective: str, source, data) -> str:
   """A source's objective: its own (`data.mixture`), else `objective` (`starbucks.objective`) where it fits the
   data, else CoSENT for scored pairs; raises when the one named does not fit."""
-  name = getattr(source, "objective", "") or objective
-  if not getattr(source, "objective", "") and data.schema.score is not None and not get_objective(name).scored:
-    name = COSENT.name if source is not None else name  # a mixture's scored pairs take CoSENT by default
+  own = getattr(source, "objective", "")
+  name = own or objective
+  if source is not None and not own and data.schema.score is not None and not get_objective(name).scored:
+    name = COSENT.name  # a mixture's scored pairs take CoSENT unless their source names another
   if get_objective(name).scored != (data.schema.score is not None):
     where = f"source {source.name}: " if source is not None else ""
     raise StarbucksError(f"{where}objective {name!r} does not fit {data.kind} data ({name} needs "
