@@ -15,6 +15,7 @@ setup(
         "starbucks-export=starbucks_jax.cli.export:run",
         "starbucks-mine=starbucks_jax.cli.mine:run",
         "starbucks-check=starbucks_jax.cli.check:run",
+        "starbucks-index=starbucks_jax.cli.index:run",
     ]},
     install_requires=[
         "jax>=0.4.35",

@@ -13,7 +13,8 @@ What only reads local files (tokenizers, `datasets`, safetensors) is given a cop
 `$STARBUCKS_CACHE` (default `~/.cache/starbucks_jax/remote`) and fetched again when the object changes.
 
 A GCS emulator is used when `STORAGE_EMULATOR_HOST` is set (gcsfs and google-cloud-storage read it);
-TensorStore reads `TENSORSTORE_GCS_HTTP_URL` instead, which is set from it when not set already.
+TensorStore reads `TENSORSTORE_GCS_HTTP_URL` and array_record's GCS client `CLOUD_STORAGE_EMULATOR_ENDPOINT`
+instead, which are set from it when not set already.
 """
 
 from __future__ import annotations
@@ -57,17 +58,21 @@ def absolute(path) -> epath.Path:
 def _filesystem(path):
   """The fsspec filesystem behind a remote path (the same instance Orbax's epath uses)."""
   import fsspec
-  _use_emulator_settings()
+  use_emulator_settings()
   protocol = urllib.parse.urlsplit(os.fspath(path)).scheme
   if protocol in ("gs", "gcs"):
     return fsspec.filesystem("gcs", finalize_on_close=True)  # epath's own arguments: one cached instance
   return fsspec.filesystem(protocol)
 
 
-def _use_emulator_settings() -> None:
+def use_emulator_settings() -> None:
+  """Passes STORAGE_EMULATOR_HOST on to the clients that read their own variable: TensorStore (Orbax) and the
+  C++ GCS client inside array_record, so that every reader of a run talks to the same server."""
   emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-  if emulator and "TENSORSTORE_GCS_HTTP_URL" not in os.environ:
-    os.environ["TENSORSTORE_GCS_HTTP_URL"] = emulator if "://" in emulator else f"http://{emulator}"
+  if emulator:
+    url = emulator if "://" in emulator else f"http://{emulator}"
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    os.environ.setdefault("CLOUD_STORAGE_EMULATOR_ENDPOINT", url)
   # gcsfs asks the control API whether a bucket is hierarchical and warns when it cannot (an emulator,
   # or credentials without that permission); it then works as with any bucket.
   logging.getLogger("gcsfs").setLevel(logging.ERROR)
@@ -82,7 +87,7 @@ def check_store(path, what: str) -> None:
   if url.scheme not in ("gs", "gcs"):
     _filesystem(path)  # fsspec names a missing backend itself
     return
-  _use_emulator_settings()
+  use_emulator_settings()
   emulator = os.environ.get("STORAGE_EMULATOR_HOST")
   if (emulator, url.netloc) in _checked:
     return

@@ -23,7 +23,7 @@ LAYERS = (
     ("evaluation",),
     ("training", "mining"),
     ("cli",),
-    ("train", "evaluate", "encode", "export", "mine", "check"),  # the `python -m starbucks_jax.<command>` entry points
+    ("train", "evaluate", "encode", "export", "mine", "check", "index"),  # the `python -m starbucks_jax.<command>` entry points
 )
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
 MAX_MODULE_LINES = 350

@@ -11,7 +11,7 @@ import sys
 from tests.helpers import REPO
 
 README_MAX_LINES = 250
-COMMAND = re.compile(r"(?:python -m starbucks_jax\.|starbucks-)(train|evaluate|encode|export|mine)\b")
+COMMAND = re.compile(r"(?:python -m starbucks_jax\.|starbucks-)(train|evaluate|encode|export|mine|index)\b")
 CODE_BLOCK = re.compile(r"```(?:bash|sh|shell|console|text)?\n(.*?)```", re.S)
 INLINE = re.compile(r"`([^`]*(?:python -m starbucks_jax\.|starbucks-)[^`]*)`")  # prose wraps inside one
 

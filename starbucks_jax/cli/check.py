@@ -5,8 +5,8 @@
 Reads the config as `train` does (the same file and --config.KEY=VALUE overrides) and passes over every row
 of each of its sources with training's rules (`data/full_check.py`): one line per source, the rows checked,
 or the first bad row as one `error: FILE: row N, column C: ...` line and exit status 2. Training checks lazy
-Parquet shards only as it reads them; this is the full pass for them (it reads every byte of the needed
-columns once).
+shards (Parquet, indexed JSON Lines, ArrayRecord) only as it reads them; this is the full pass for them (it
+reads every byte of the needed columns once).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     report.rows, report.kind, report.bytes_read
 
 Training checks what it can before the first step: local files and hub data sets whole (Arrow kernels),
-lazy Parquet shards only from their metadata (`shards.py`: each row is checked when a batch reads it).
+lazy shards only from their footers or line indexes (`shards.py`: each row is checked when a batch reads it).
 This pass reads every row of every source, with the same rules and the same kernels, so that a bad row in
 a large source surfaces before a run rather than at the step that meets it.
 """
@@ -34,7 +34,7 @@ def check_source(data_config) -> SourceReport:
   """
   if getattr(data_config, "streaming", False) and hasattr(data_config, "text_column"):
     raise StarbucksError(f"{data_config.source}: a streamed source has no rows to count in advance; the check "
-                         "command reads random-access sources (files, Parquet shards, hub or TFDS data sets)")
+                         "command reads random-access sources (files, shards, hub or TFDS data sets)")
   text = hasattr(data_config, "text_column")  # pre-training text (SMAE) or training pairs (SRL)
   table = sources.open_table(
       data_config.source, split=data_config.split, tfds_data_dir=data_config.tfds_data_dir,

@@ -5,12 +5,13 @@ returns plain Python values (str, float, lists of passage dicts) for just those 
 reads only its own share of a batch. `schemas.resolve_schema` decides which columns hold what (the
 data's kind), and `Table.check` validates every row before any training code compiles.
 
-Parquet shards in a bucket (gs://b/data/*.parquet, a folder gs://b/data/, or one gs:// .parquet file), or
-local shards named by a glob or a folder, are read lazily (`shards.ParquetShards`): footers at open, then only
-the row groups of the rows a host reads, each row validated as it is read (`data.bad_rows`); `check_every_row`
-is the full offline pass. Other files in a bucket (JSON Lines, CSV) have no random access without an index:
-each host downloads the whole file once (`storage.local_copy`, every byte read); convert large ones to Parquet
-shards. A streamed hub data set is refused (`STREAMING_REFUSED`).
+Sharded sources are read lazily, each host reading only the rows it needs (`shard_formats.py` says which):
+Parquet shards (`parquet_shards.py`: footers at open, then row groups), JSON Lines with a line index
+(`jsonl_shards.py`: `python -m starbucks_jax.index` writes it once) and ArrayRecord (`array_record_shards.py`),
+on a disk or in a bucket; each row is validated as it is read (`data.bad_rows`), and `check_every_row` is the
+full offline pass. Other files in a bucket (JSON Lines without an index, CSV) have no random access: each
+host downloads the whole file once (`storage.local_copy`, every byte read). A streamed hub data set is
+refused (`STREAMING_REFUSED`).
 
 Row numbers in messages count data rows from 1 in the order of the file: for JSON Lines and text
 (.txt, pre-training only) the line number, for CSV the line number less the header.
@@ -24,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from starbucks_jax import storage
-from starbucks_jax.data import shards
+from starbucks_jax.data import shard_formats, shards
 from starbucks_jax.data.checks import (OPTIONAL_PASSAGES, PASSAGES, arrow_check, as_passages, plain, python_check,
                                       utf8_problem, value_problem)
 from starbucks_jax.errors import StarbucksError
@@ -259,6 +260,8 @@ def _open_tfds(spec: str, split: str, data_dir: str | None, limit: int | None) -
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise StarbucksError(f"tfds:{spec}: tfds sources need the tensorflow-datasets package") from e
+  if data_dir and storage.is_remote(data_dir):  # array_record reads the shards in the bucket itself
+    storage.check_store(data_dir, "data.tfds_data_dir")
   try:
     source = tfds.data_source(spec, split=split, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
@@ -267,28 +270,18 @@ def _open_tfds(spec: str, split: str, data_dir: str | None, limit: int | None) -
   return TfdsTable(source, f"tfds:{spec} split {split}", limit)
 
 
-def _is_pattern(part: str) -> bool:
-  return any(c in part for c in storage.GLOB_CHARACTERS) or part.endswith("/")
-
-
-def _is_lazy(part: str) -> bool:
-  """Parquet read lazily: shards named by a glob or a folder, or a Parquet file in a bucket."""
-  return _is_pattern(part) and (part.endswith(".parquet") or part.endswith("/")) or (
-      storage.is_remote(part) and part.lower().endswith(".parquet"))
-
-
 def _eager_paths(part: str) -> list[str]:
   """The files of a part read whole: itself, or what its glob matches."""
-  return [p for p, _ in storage.matching_files(part, "data source")] if _is_pattern(part) else [part]
+  return [p for p, _ in storage.matching_files(part, "data source")] if shards.is_pattern(part) else [part]
 
 
 def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None = None,
                max_examples: int | None = None, file_builders: Mapping[str, str] = FILE_BUILDERS,
                bad_rows: str = "error", streaming: bool = False) -> Table:
-  """The rows of `source`: comma-separated files or Parquet shards (module docstring), "hf:NAME[:CONFIG]" or
+  """The rows of `source`: comma-separated files or shards (module docstring), "hf:NAME[:CONFIG]" or
   "tfds:NAME[/CONFIG][:VERSION]".
 
-  Files are read whole (`split` does not apply to them), Parquet shards lazily; `max_examples` keeps the
+  Files are read whole (`split` does not apply to them), shards lazily; `max_examples` keeps the
   first rows. `file_builders` maps the file extensions allowed to their `datasets` builders. `bad_rows`
   ("error" or "skip"): what a lazy table does with a bad row met while reading. `streaming` is refused.
   """
@@ -304,14 +297,14 @@ def open_table(source: str, *, split: str = "train", tfds_data_dir: str | None =
   parts = [p.strip() for p in source.split(",") if p.strip()]
   if not parts:
     raise StarbucksError("data source is empty: give a file path, hf:NAME or tfds:NAME")
-  opened: list = [part if _is_lazy(part) else local_files(",".join(_eager_paths(part)), file_builders)
-                  for part in parts]  # every path checked (eager files fetched) before reading any
+  opened = []  # every path checked (eager files fetched) before reading any
+  for part in parts:
+    lazy = shard_formats.lazy_format(part)
+    opened.append([(part, lazy)] if lazy else local_files(",".join(_eager_paths(part)), file_builders))
   tables, left = [], max_examples
-  for part in opened:
-    for path, builder in ([(part, None)] if isinstance(part, str) else part):
-      if left is not None and left <= 0:
-        break
-      tables.append(shards.ParquetShards(path, limit=left, bad_rows=bad_rows) if builder is None
-                    else _open_file(path, builder, left))
-      left = None if left is None else left - len(tables[-1])
+  for path, builder in (entry for part in opened for entry in part):
+    if left is not None and left <= 0:
+      break
+    tables.append(builder(path, limit=left, bad_rows=bad_rows) if callable(builder) else _open_file(path, builder, left))
+    left = None if left is None else left - len(tables[-1])
   return tables[0] if len(tables) == 1 else ConcatTable(tables)

@@ -91,7 +91,7 @@ class DataConfig:
       above but the shared layout}} (`mixture.py`); each batch comes from one of them.
     sampling: a mixture's steps per source: "size" (each source's epoch) or "weights" (shares by weight).
     mix_sources: a mixture's batches hold rows of every source instead of one (one objective, one group size).
-    bad_rows: a bad row of lazy Parquet shards met while training: "error" (one error naming file and row) or
+    bad_rows: a bad row of lazy shards met while training: "error" (one error naming file and row) or
       "skip" (the next good row instead). streaming: refused, saying why (`sources.STREAMING_REFUSED`).
     clean_negatives: add each text's identity to a batch, so that the loss masks in-batch false negatives
       (`text_ids.py`; not for scored pairs, whose CoSENT loss has no negatives).

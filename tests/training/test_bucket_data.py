@@ -1,6 +1,7 @@
-"""Training from Parquet shards in a bucket (fake-gcs-server): the run starts after reading the footers and
-batch 0's row groups only (reported), and a bad row met mid-run stops it with one error naming the file and
-row while the checkpoint already saved survives: the same command, the row fixed, resumes from it."""
+"""Training from shards in a bucket (fake-gcs-server): the run starts after reading the footers (or line
+indexes) and batch 0's row groups (or blocks) only (reported), and a bad row met mid-run stops it with one
+error naming the file and row while the checkpoint already saved survives: the same command, the row fixed,
+resumes from it."""
 
 import logging
 
@@ -44,21 +45,21 @@ def test_a_bad_row_met_at_step_5_keeps_the_checkpoint_of_step_3(gcs, tiny_dir, t
 
 def test_a_mixture_in_a_bucket_starts_on_footers_and_trains_as_its_local_files(gcs, tiny_dir, tmp_path, caplog,
                                                                               datasets_cache):
-  """SNLI triplets and STS-B scored pairs as Parquet shards in the bucket, one mixture: before step 0 the run
-  has read the footers and its first batch's row groups, a small part of the shards (logged, returned), and
-  it logs what the same mixture of the local JSON Lines files logs, step for step."""
-  import json
-  import pyarrow as pa
-  import pyarrow.parquet as pq
+  """SNLI triplets as Parquet shards and STS-B scored pairs as indexed JSON Lines shards in the bucket, one
+  mixture: before step 0 the run has read the footers, the line indexes and its first batch's row groups and
+  blocks, a small part of the shards (logged, returned), and it logs what the same mixture of the local JSON
+  Lines files logs, step for step."""
+  from starbucks_jax.cli.index import main as write_index
   from starbucks_jax.runtime.metrics import read_metrics
   from tests.helpers import REPO
-  stsb = [json.loads(line) for line in (REPO / "data" / "quickstart" / "stsb_train.jsonl").read_text().splitlines()]
+  stsb = (REPO / "data" / "quickstart" / "stsb_train.jsonl").read_text().splitlines(keepends=True)
   (tmp_path / "stsb").mkdir()
   for k, part in enumerate((stsb[:3000], stsb[3000:])):
-    pq.write_table(pa.Table.from_pylist(part), tmp_path / "stsb" / f"part-{k:05d}.parquet", row_group_size=128)
+    (tmp_path / "stsb" / f"part-{k:05d}.jsonl").write_text("".join(part))
   shards = snli_parquet_shards(tmp_path / "snli") + sorted((tmp_path / "stsb").iterdir())
   storage.upload_tree(tmp_path / "snli", "gs://bucket/mix/snli")
   storage.upload_tree(tmp_path / "stsb", "gs://bucket/mix/stsb")
+  write_index(["gs://bucket/mix/stsb/*.jsonl"])
   total = sum(p.stat().st_size for p in shards)
 
   def mixture_run(snli: str, stsb_source: str, workdir):
@@ -69,7 +70,7 @@ def test_a_mixture_in_a_bucket_starts_on_footers_and_trains_as_its_local_files(g
     return run_train(config, workdir)
 
   with caplog.at_level(logging.INFO, logger="starbucks_jax"):
-    summary = mixture_run("gs://bucket/mix/snli/*.parquet", "gs://bucket/mix/stsb/*.parquet", tmp_path / "remote")
+    summary = mixture_run("gs://bucket/mix/snli/*.parquet", "gs://bucket/mix/stsb/*.jsonl", tmp_path / "remote")
   before = [r.getMessage() for r in caplog.records if "bytes read before step 0" in r.getMessage()]
   assert len(before) == 1 and 0 < summary["data_bytes_before_step_0"] < total / 4, (before, total)
   local = mixture_run(str(REPO / "data" / "quickstart" / "snli_triplets.jsonl"),
