@@ -134,6 +134,9 @@ def _bucket(globs: dict[str, str]):
     for path in sorted(Path(pattern).parent.glob(Path(pattern).name)):
       fs.put_file(str(path), f"gs://bucket/{prefix}/{path.name}")
     remote[prefix] = f"gs://bucket/{prefix}/{Path(pattern).name}"
+    if pattern.endswith(".jsonl"):  # JSON Lines is read lazily through its line index, written here, untimed
+      from starbucks_jax.cli.index import main as write_index
+      write_index([remote[prefix]])
   return server, remote, root
 
 
