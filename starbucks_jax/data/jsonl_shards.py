@@ -34,6 +34,7 @@ INDEX_SUFFIX = ".index.json"
 INDEX_FORMAT = "starbucks_jax JSON Lines index"
 BLOCK_ROWS = 64              # rows a block: what reading one row costs, against the index's size
 INDEX_COMMAND = "python -m starbucks_jax.index"
+SCAN_BYTES = 16 << 20       # what writing an index reads at a time
 
 
 def index_path(shard: str) -> str:
@@ -49,23 +50,34 @@ def _decode(text: bytes) -> tuple[dict | None, str | None]:
   return (row, None) if isinstance(row, dict) else (None, f"not a JSON object but {type(row).__name__}")
 
 
+def _lines(path: str):
+  """Each line of a file with its newline, read in large pieces (a bucket's file: few large requests)."""
+  rest = b""
+  with storage.as_path(path).open("rb") as f:
+    while piece := f.read(SCAN_BYTES):
+      lines = (rest + piece).split(b"\n")
+      rest = lines.pop()
+      yield from (line + b"\n" for line in lines)
+  if rest:
+    yield rest
+
+
 def _scan(path: str, block_rows: int) -> dict:
   """One pass over a shard: where each block starts, the rows, their keys, the lines that are not objects."""
   offsets, lines, keys, bad = [], [], set(), []
   offset, rows = 0, 0
-  with storage.as_path(path).open("rb") as f:
-    for number, line in enumerate(f):
-      if line.strip():
-        if rows % block_rows == 0:
-          offsets.append(offset)
-          lines.append(number)
-        row, problem = _decode(line)
-        if problem:
-          bad.append(number + 1)
-        else:
-          keys.update(row)
-        rows += 1
-      offset += len(line)
+  for number, line in enumerate(_lines(path)):
+    if line.strip():
+      if rows % block_rows == 0:
+        offsets.append(offset)
+        lines.append(number)
+      row, problem = _decode(line)
+      if problem:
+        bad.append(number + 1)
+      else:
+        keys.update(row)
+      rows += 1
+    offset += len(line)
   return {"rows": rows, "size": offset, "columns": sorted(keys), "block_offsets": offsets, "block_lines": lines,
           "bad_lines": len(bad), "first_bad_line": bad[0] if bad else None}
 
