@@ -11,7 +11,8 @@
 Every source is a `srl.DataConfig` of its own: the data block's fields, with the source's entries (any
 DataConfig field but the shared layout: `same_length`, `packing`, `pack_length`, `pack_rows`) in their place.
 A source adds `weight`, `objective` (its loss: "" takes `starbucks.objective`, or CoSENT for scored pairs)
-and `instruction`; in its prompts "{name}" and "{instruction}" stand for its name and instruction.
+and `instruction`; in its prompts "{name}" and "{instruction}" stand for its name and instruction. A
+scored source does not take the data block's `clean_negatives` (it has no in-batch negatives to clean).
 
 Order: `MixtureOrder`. An epoch of the mixture has as many steps as its sources' epochs together; with
 `sampling="size"` each source has its own epoch's steps in it, with `sampling="weights"` shares of those
@@ -33,6 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from starbucks_jax.data import text_ids
 from starbucks_jax.data.batching import HostBatches
 from starbucks_jax.data.mixture_config import source_block
 from starbucks_jax.data.srl import DataConfig, TrainData
@@ -160,7 +162,8 @@ class MixedBatches(MixtureData):
       if arrays[0].ndim == 2:
         length = max(a.shape[1] for a in arrays)
         pad = self.parts[0].tokenizer.pad_token_id if key.endswith("input_ids") else 0
-        arrays = [np.pad(a, ((0, 0), (0, length - a.shape[1])), constant_values=pad) for a in arrays]
+        arrays = [text_ids.widen(a, length) if key == text_ids.LABELLED_KEY else
+                  np.pad(a, ((0, 0), (0, length - a.shape[1])), constant_values=pad) for a in arrays]
       out[key] = np.concatenate(arrays)
     return out
 
@@ -188,6 +191,16 @@ def mixed_rows(global_batch_size: int, shares: Sequence[int], multiple: int) -> 
   return [int(c) * multiple for c in counts]
 
 
+def _open_source(config: DataConfig, source, tokenizer, kwargs: dict) -> TrainData:
+  """One source's data (`source_block`). A scored source takes `clean_negatives` from its own entry only: its
+  CoSENT loss has no in-batch negatives to clean, so the data block's setting, meant for the others, is not
+  its (set in its entry, it is refused as for a single source, `tasks/srl.py`)."""
+  part = TrainData(source_block(config, source), tokenizer, **kwargs)
+  if part.schema.score is not None and "clean_negatives" not in dict(source.overrides):
+    part.config = dataclasses.replace(part.config, clean_negatives=False)
+  return part
+
+
 def open_data(config: DataConfig, tokenizer, **kwargs) -> HostBatches:
   """The training data of a data block: `srl.TrainData` for one source, a mixture for `config.mixture`.
   `kwargs`: TrainData's (global_batch_size, seed, hosts, rows, packing groups)."""
@@ -196,7 +209,7 @@ def open_data(config: DataConfig, tokenizer, **kwargs) -> HostBatches:
   if config.mix_sources and config.packing:
     raise StarbucksError("data.mix_sources cannot pack: a mixed batch joins each source's padded rows; turn "
                          "off data.packing or data.mix_sources")
-  parts = [TrainData(source_block(config, source), tokenizer, **kwargs) for source in config.mixture]
+  parts = [_open_source(config, source, tokenizer, kwargs) for source in config.mixture]
   if not config.mix_sources:
     return MixtureData(config, parts, seed=kwargs["seed"])
   for source, part in zip(config.mixture[1:], parts[1:]):

@@ -54,7 +54,7 @@ from starbucks_jax.data import groups as groups_lib, packing, prompts, schemas, 
 from starbucks_jax.data.mixture_config import SAMPLINGS, mixture_entries, parse_mixture
 from starbucks_jax.data.batching import EpochOrder, HostBatches, bucket_list, pad_rows
 from starbucks_jax.data.checks import as_passages
-from starbucks_jax.data.text_ids import batch_text_ids
+from starbucks_jax.data.text_ids import batch_text_ids, labelled_width
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,9 @@ class DataConfig:
     mix_sources: a mixture's batches hold rows of every source instead of one (one objective, one group size).
     bad_rows: a bad row of lazy shards met while training: "error" (one error naming file and row) or
       "skip" (the next good row instead). streaming: refused, saying why (`sources.STREAMING_REFUSED`).
-    clean_negatives: add each text's identity to a batch, so that the loss masks in-batch false negatives
-      (`text_ids.py`; not for scored pairs, whose CoSENT loss has no negatives).
+    clean_negatives: add each text's identity and each query's labelled positives' to a batch, so that the
+      loss masks in-batch false negatives (`text_ids.py`; not for scored pairs, whose CoSENT loss has no
+      negatives: a mixture's scored source takes it only from its own entry, not from the data block).
   """
   source: str = ""
   split: str = "train"
@@ -197,6 +198,8 @@ class TrainData(HostBatches):
       raise StarbucksError(f"{self.table.name} has {self.num_examples} examples, fewer than one global "
                            f"batch of {self.global_batch_size}")
     self.group_size = self.schema.group_size(config.train_group_size)
+    # Clean negatives' labelled positives a query (`text_ids.py`): Tevatron rows list several, others one.
+    self.labelled_width = labelled_width(passage_counts.get(self.schema.positive)) if self.schema.passages else 1
     self.order = EpochOrder(self.seed, self.num_examples, self.global_batch_size)
     self.steps_per_epoch = self.order.steps_per_epoch
     if self.schema.passages and (not self.schema.negative or self.schema.negative in passage_counts):  # lazy: none
@@ -230,11 +233,15 @@ class TrainData(HostBatches):
 
   def texts(self, step: int) -> tuple[list[str], list[str], np.ndarray | None]:
     """(queries, passages, scores or None) of this host's rows of batch `step`."""
+    return self._texts(step)[:3]
+
+  def _texts(self, step: int) -> tuple[list[str], list[str], np.ndarray | None, list[list[str]]]:
+    """`texts`, and each query's labelled positive texts (all its row lists; pairs, triplets: the one)."""
     rows = self.host_rows(self.example_indices(step))
     epoch = int(step) // self.steps_per_epoch
     s, scores = self.schema, None
     if s.passages:
-      queries, passages = self._group_texts(rows, epoch)
+      queries, passages, labelled = self._group_texts(rows, epoch)
     else:
       columns = [c for c in (s.query, s.positive, s.negative, s.score) if c]
       values = self.table.read(rows, columns)
@@ -243,7 +250,8 @@ class TrainData(HostBatches):
       passages = [self.passage_prompt + values[c][i] for i in range(len(rows)) for c in passage_columns]
       if s.score:
         scores = np.asarray([float(v) for v in values[s.score]], np.float32)
-    return [self.query_prompt + q for q in queries], passages, scores
+      labelled = [[p] for p in passages[::self.group_size]]
+    return [self.query_prompt + q for q in queries], passages, scores, labelled
 
   def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
     return self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
@@ -268,9 +276,9 @@ class TrainData(HostBatches):
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This host's rows of global batch `step`, tokenized and padded or packed (see the module docstring)."""
-    queries, passages, scores = self.texts(step)
+    queries, passages, scores, labelled = self._texts(step)
     out = {} if scores is None else {"labels": scores}
-    out.update(batch_text_ids(queries, passages) if self.config.clean_negatives else {})
+    out.update(batch_text_ids(queries, passages, labelled, self.labelled_width) if self.config.clean_negatives else {})
     if self.config.packing:
       return {**out, **self._pack(queries, passages)}
     out["query_input_ids"], out["query_attention_mask"] = self._encode(
@@ -315,8 +323,9 @@ class TrainData(HostBatches):
     title = (passage.get("title") or "").strip()
     return self.passage_prompt + (f"{title} {passage['text']}" if title else passage["text"])
 
-  def _group_texts(self, rows: np.ndarray, epoch: int) -> tuple[list[str], list[str]]:
-    """Queries and their groups: a positive, then negatives drawn by rng([seed, epoch, row])."""
+  def _group_texts(self, rows: np.ndarray, epoch: int) -> tuple[list[str], list[str], list[list[str]]]:
+    """Queries, their groups (a positive, then negatives drawn by rng([seed, epoch, row])) and each query's
+    labelled positives."""
     s, size = self.schema, self.group_size
     values = self.table.read(rows, [c for c in (s.query, s.positive, s.negative) if c])
     groups = []
@@ -330,4 +339,4 @@ class TrainData(HostBatches):
                            [negatives[j] for j in picks]))
     groups_lib.fill([g for g in groups if len(g.passages) < size], self.table, self.schema.positive, size)
     passages = [self._passage_text(p) for g in groups for p in g.passages]
-    return values[s.query], passages
+    return values[s.query], passages, [[self._passage_text(p) for p in g.own] for g in groups]

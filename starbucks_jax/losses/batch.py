@@ -49,19 +49,22 @@ class SrlBatch:
 
   One pass when queries and passages are padded to one length (rows of both in one array, passage rows
   numbered on from the queries') or packed (one set of rows); otherwise two, the queries' and the
-  passages'. `labels`: the scored pairs' scores (CoSENT), or None. `query_text_ids`, `passage_text_ids`:
-  each text's identity with `data.clean_negatives` (`data/text_ids.py`), else None.
+  passages'. `labels`: the scored pairs' scores (CoSENT), or None. `query_text_ids`, `passage_text_ids`,
+  `labelled_positive_ids`: each text's identity and each query's labelled positives' with
+  `data.clean_negatives` (`data/text_ids.py`), else None.
   """
   passes: tuple
   labels: Optional[jnp.ndarray] = None
   query_text_ids: Optional[jnp.ndarray] = None
   passage_text_ids: Optional[jnp.ndarray] = None
+  labelled_positive_ids: Optional[jnp.ndarray] = None
 
   @classmethod
   def of(cls, batch: Mapping) -> "SrlBatch":
     queries, passages = examples(batch), _passages(batch)
     per_text = dict(labels=batch.get("labels"), query_text_ids=batch.get(text_ids.QUERY_KEY),
-                    passage_text_ids=batch.get(text_ids.PASSAGE_KEY))
+                    passage_text_ids=batch.get(text_ids.PASSAGE_KEY),
+                    labelled_positive_ids=batch.get(text_ids.LABELLED_KEY))
     if packing.is_packed(batch):
       tokens = Tokens.packed_rows(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
                                   batch["position_ids"], num_texts=queries + passages)
@@ -78,7 +81,8 @@ class SrlBatch:
     """bool [queries, passages]: each query's in-batch false negatives (`negatives.py`); None without ids."""
     if self.passage_text_ids is None:
       return None
-    return negatives.false_negatives(self.query_text_ids, self.passage_text_ids, group_size)
+    return negatives.false_negatives(self.query_text_ids, self.passage_text_ids, group_size,
+                                     self.labelled_positive_ids)
 
 
 @flax.struct.dataclass
@@ -138,4 +142,6 @@ def micro_batches(batch: Mapping, count: int) -> dict:
     x = jnp.swapaxes(x, 0, 1)
     return x.reshape((count, (queries // count) * group) + x.shape[3:])
 
-  return {k: packing.split_rows(v, count) if packing.is_row_array(batch, k) else split(v) for k, v in batch.items()}
+  # A query's labelled positives are [queries, P]: a value per query, whatever its shape.
+  rows = {k for k in batch if packing.is_row_array(batch, k) and k != text_ids.LABELLED_KEY}
+  return {k: packing.split_rows(v, count) if k in rows else split(v) for k, v in batch.items()}

@@ -95,6 +95,38 @@ def test_mixed_batches_hold_every_sources_share(tokenizer):
   assert queries[:2] == data.parts[0].texts(0)[0] and queries[2:] == data.parts[1].texts(0)[0]
 
 
+def test_a_scored_source_takes_clean_negatives_only_from_its_own_entry(tokenizer):
+  """With the data block's clean_negatives on, the other sources' batches carry text ids and the scored one's
+  none (nothing else of it changes); set in its own entry, it keeps it (the task then refuses it)."""
+  ids = {"query_text_ids", "passage_text_ids", "labelled_positive_ids"}
+  clean, plain = mixture(tokenizer, clean_negatives=True), mixture(tokenizer)
+  assert [p.config.clean_negatives for p in clean.parts] == [True, True, False]  # scifact, snli, stsb
+  for step in range(8):
+    batch, default = clean.batch(step), plain.batch(step)
+    assert set(batch) == set(default) | (set() if clean.source_of(step) == 2 else ids)
+    for key, value in default.items():
+      np.testing.assert_array_equal(batch[key], value)
+  own = mixture(tokenizer, dict(SOURCES, stsb=dict(SOURCES["stsb"], clean_negatives=True)), clean_negatives=True)
+  assert own.parts[2].config.clean_negatives
+  assert not mixture(tokenizer, dict(SOURCES, snli=dict(SOURCES["snli"], clean_negatives=False)),
+                     clean_negatives=True).parts[1].config.clean_negatives
+
+
+def test_mixed_batches_join_the_sources_labelled_positives(tokenizer):
+  """SNLI triplets (one positive a query) and SciFact groups (its first 48 rows list up to 2) in one batch:
+  the batch's labelled positives are 2 wide, SNLI's rows padded with their one id."""
+  sources = {"snli": SOURCES["snli"], "scifact": dict(SOURCES["scifact"], train_group_size=2)}
+  data = mixture(tokenizer, sources, mix_sources=True, clean_negatives=True)
+  batch = data.batch(0)
+  widths = [part.labelled_width for part in data.parts]
+  assert widths == [2, 1] and batch["labelled_positive_ids"].shape == (8, 2)
+  rows = data.rows[0]
+  np.testing.assert_array_equal(batch["labelled_positive_ids"][:rows], data.parts[0].batch(0)["labelled_positive_ids"])
+  snli = data.parts[1].batch(0)["labelled_positive_ids"]
+  np.testing.assert_array_equal(batch["labelled_positive_ids"][rows:], np.repeat(snli, 2, axis=1))
+  np.testing.assert_array_equal(snli[:, 0], data.parts[1].batch(0)["passage_text_ids"][::2])
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(source="x.jsonl"), "data.source and data.mixture are both set"),
     (dict(sampling="random"), "data.sampling must be one of size, weights"),

@@ -1,7 +1,8 @@
 """Text identities for clean negatives (`data/text_ids.py`): with `data.clean_negatives`, each query and
 passage of a batch (padded or packed, on one host or two, split into micro-batches) carries the hash of
-the exact text the model reads; equal texts get equal ids and different texts different ones; without
-the setting the batch is what it was, key for key and byte for byte."""
+the exact text the model reads, and each query those of every positive its row lists; equal texts get
+equal ids and different texts different ones; without the setting the batch is what it was, key for key
+and byte for byte."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,11 +10,13 @@ import pytest
 
 from starbucks_jax.data.srl import DataConfig, TrainData
 from starbucks_jax.data.text_ids import text_id, text_ids
-from starbucks_jax.losses.batch import micro_batches
+from starbucks_jax.losses.batch import SrlBatch, micro_batches
 from tests.data.test_srl_data import SNLI, tevatron_rows, write_jsonl
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.usefixtures("datasets_cache")
-IDS = {"query_text_ids", "passage_text_ids"}
+IDS = {"query_text_ids", "passage_text_ids", "labelled_positive_ids"}
+SCIFACT = REPO / "data" / "quickstart" / "scifact_train.jsonl"
 
 
 def data(tokenizer, source=SNLI, hosts=(0, 1), **fields):
@@ -39,6 +42,7 @@ def test_the_data_gives_each_text_its_id_and_nothing_else_changes(tokenizer, pac
     queries, passages, _ = clean.texts(step)
     assert batch["query_text_ids"].tolist() == text_ids(queries).tolist()
     assert batch["passage_text_ids"].tolist() == text_ids(passages).tolist()
+    assert batch["labelled_positive_ids"].tolist() == text_ids(passages[::2])[:, None].tolist()  # its one positive
     for text, value in zip(queries + passages, batch["query_text_ids"].tolist() + batch["passage_text_ids"].tolist()):
       seen.setdefault(text, set()).add(value)
   assert all(len(values) == 1 for values in seen.values())  # one id a text, in every batch
@@ -67,6 +71,7 @@ def test_two_hosts_ids_and_micro_batches_keep_each_texts_id(tokenizer, tmp_path)
   source = write_jsonl(tmp_path / "groups.jsonl", tevatron_rows(48))
   whole = data(tokenizer, source, clean_negatives=True, train_group_size=3).batch(1)
   halves = [data(tokenizer, source, hosts=(i, 2), clean_negatives=True, train_group_size=3).batch(1) for i in (0, 1)]
+  assert whole["labelled_positive_ids"].shape == (16, 2)  # every 8th row lists a second positive
   for key in IDS:
     assert np.array_equal(np.concatenate([h[key] for h in halves]), whole[key])
   parts = micro_batches({k: jnp.asarray(v) for k, v in whole.items()}, 2)
@@ -74,3 +79,35 @@ def test_two_hosts_ids_and_micro_batches_keep_each_texts_id(tokenizer, tmp_path)
     assert np.array_equal(parts["query_text_ids"][k], whole["query_text_ids"][k::2])
     passages = whole["passage_text_ids"].reshape(16, 3)[k::2].ravel()
     assert np.array_equal(parts["passage_text_ids"][k], passages)
+
+  labelled = micro_batches({k: jnp.asarray(v) for k, v in whole.items()}, 2)["labelled_positive_ids"]
+  assert np.array_equal(labelled[1], whole["labelled_positive_ids"][1::2])
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_each_query_carries_every_positive_its_row_lists(tokenizer, packing):
+  """SciFact claims citing several abstracts: each query's labelled positives are its row's every positive
+  (as the model reads it: title, text, prompt), padded with the last to the table's most (5); the mask from
+  the batch then holds every candidate with such a text but the query's own slot, in the batches where they
+  turn up."""
+  import json
+  rows = [json.loads(line) for line in SCIFACT.read_text().splitlines()]
+  clean = TrainData(DataConfig(source=str(SCIFACT), clean_negatives=True, train_group_size=8, passage_max_length=32,
+                               passage_prompt="doc: ", packing=packing), tokenizer, global_batch_size=16, seed=0)
+  assert clean.labelled_width == 5
+  other_positives = 0
+  for step in range(12):
+    batch = clean.batch(step)
+    _, passages, _ = clean.texts(step)
+    mask = np.asarray(SrlBatch.of({k: jnp.asarray(v) for k, v in batch.items()}).false_negatives(8))
+    for i, row in enumerate(clean.example_indices(step).tolist()):
+      texts = ["doc: " + (f"{p['title'].strip()} {p['text']}" if (p.get("title") or "").strip() else p["text"])
+               for p in rows[row]["positive_passages"]]
+      listed = batch["labelled_positive_ids"][i].tolist()
+      distinct = list(dict.fromkeys(text_ids(texts).tolist()))
+      assert listed == (distinct + distinct[-1:] * 5)[:5] and passages[i * 8] in texts
+      for j, passage in enumerate(passages):
+        if j != i * 8 and passage in texts:
+          assert mask[i, j], (step, i, j)
+          other_positives += passage != passages[i * 8]
+  assert other_positives > 0  # some turned up

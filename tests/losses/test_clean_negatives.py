@@ -1,6 +1,8 @@
 """Clean in-batch negatives (`losses/negatives.py`, `data/text_ids.py`): the mask against a loop over the
-batch, and a duplicated text that changes no loss: with the mask, each query's loss and KL equal those of
-its row with the duplicate's column deleted (numpy), for starbucks (every pair, score KL) and 2dmse.
+batch, with and without each query's labelled positives, and a duplicated text or another labelled positive
+of the query that changes no loss: with the mask, each query's loss and KL equal those of its row with the
+candidate's column deleted (numpy), for starbucks (every pair, score KL) and 2dmse, and the candidate's
+gradient is exactly 0 where it is no other query's negative.
 Plain against GradCache and 1 against 8 devices: `tests/training/grad_cache_probe.py`'s clean cases
 (`tests/training/test_grad_cache.py`, and the 8-device test below)."""
 
@@ -24,9 +26,10 @@ PASSAGE_IDS = np.array([20, 30, 21, 31, 20, 32, 23, 23, 24, 21, 25, 35], np.int3
 EXPECTED = {(1, 9), (0, 4), (2, 0), (3, 7), (0, 10), (5, 0), (5, 4)}
 
 
-def loop_false_negatives(query_ids, passage_ids, group):
-  """The definition, one (query, candidate) at a time."""
-  positives = {i: {passage_ids[k * group] for k in range(len(query_ids)) if query_ids[k] == query_ids[i]}
+def loop_false_negatives(query_ids, passage_ids, group, labelled=None):
+  """The definition, one (query, candidate) at a time; `labelled`: each query's labelled positives' ids."""
+  own = lambda k: {passage_ids[k * group]} | (set() if labelled is None else set(labelled[k]))
+  positives = {i: set().union(*(own(k) for k in range(len(query_ids)) if query_ids[k] == query_ids[i]))
                for i in range(len(query_ids))}
   return {(i, j) for i in range(len(query_ids)) for j in range(len(passage_ids))
           if j != i * group and passage_ids[j] in positives[i]}
@@ -42,6 +45,33 @@ def test_false_negatives_are_the_candidates_with_a_positive_text():
     assert set(zip(*np.nonzero(mask))) == loop_false_negatives(query_ids, passage_ids, group)
   unique = np.asarray(false_negatives(jnp.arange(4), jnp.arange(8) + 100, 2))
   assert not unique.any()
+
+
+# Each query's labelled positives for the batch above (width 3, padded with its last id): query 1 lists
+# query 3's positive (passages 6 and 7 have its text) and query 5's hard negative (11); query 3 lists query
+# 2's hard negative (5); query 2 lists a text that is not in the batch; query 5 lists query 0's hard negative
+# (1), which so becomes a false negative of query 0 too (one query text).
+LABELLED_IDS = np.array([[20, 20, 20], [21, 23, 35], [20, 99, 99], [23, 32, 32], [24, 24, 24], [25, 30, 30]],
+                        np.int32)
+EXPECTED_LABELLED = EXPECTED | {(1, 6), (1, 7), (1, 11), (3, 5), (5, 1), (0, 1)}
+
+
+def test_a_querys_other_labelled_positives_are_false_negatives_wherever_they_are():
+  """Another example's positive, a hard negative, the positive of a query with the same text: the mask from
+  the labelled positives against the loop, and on random batches whose rows list several positives."""
+  mask = np.asarray(false_negatives(jnp.asarray(QUERY_IDS), jnp.asarray(PASSAGE_IDS), GROUP, jnp.asarray(LABELLED_IDS)))
+  assert set(zip(*np.nonzero(mask))) == loop_false_negatives(QUERY_IDS, PASSAGE_IDS, GROUP, LABELLED_IDS)
+  assert set(zip(*np.nonzero(mask))) == EXPECTED_LABELLED
+  rng = np.random.default_rng(2)
+  for group, width in ((1, 1), (3, 4), (2, 7)):
+    query_ids, passage_ids = rng.integers(0, 6, 12), rng.integers(0, 15, 12 * group)
+    labelled = np.concatenate([passage_ids[::group, None], rng.integers(0, 15, (12, width - 1))], axis=1)
+    mask = np.asarray(false_negatives(jnp.asarray(query_ids), jnp.asarray(passage_ids), group, jnp.asarray(labelled)))
+    assert set(zip(*np.nonzero(mask))) == loop_false_negatives(query_ids, passage_ids, group, labelled)
+  # Only the positive it trains with (pairs, triplets): the same mask as without labelled positives.
+  own_only = np.asarray(false_negatives(jnp.asarray(QUERY_IDS), jnp.asarray(PASSAGE_IDS), GROUP,
+                                        jnp.asarray(PASSAGE_IDS[::GROUP, None])))
+  assert set(zip(*np.nonzero(own_only))) == EXPECTED
 
 
 def pooled(seed=0):
@@ -172,7 +202,8 @@ def test_a_duplicated_passage_is_as_if_absent(mode):
 
 
 def test_clean_negatives_are_exact_on_eight_devices_and_under_grad_cache():
-  """The probe's clean batch (duplicated query, positives and hard negatives; 6 false negatives) on 8
+  """The probe's clean batch (duplicated query, positives and hard negatives, other labelled positives: 10
+  false negatives) on 8
   simulated devices (data=2 x fsdp=4): GradCache's step equals the plain one, and the plain step's loss
   and count equal one device's."""
   import ml_collections
@@ -190,5 +221,57 @@ def test_clean_negatives_are_exact_on_eight_devices_and_under_grad_cache():
   batch = probe.make_batch(group, query_length, passage_length, scored=False, clean=True)
   one_device = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}))
   metrics, _ = probe.step_results(probe.settings_for(case, config), params, batch, one_device)
-  assert float(metrics["masked_negatives"]) == results["cases"][case]["masked_negatives"] == 6
+  assert float(metrics["masked_negatives"]) == results["cases"][case]["masked_negatives"] == 10
   assert abs(float(metrics["loss"]) - results["cases"][case]["loss"]) < 1e-5 * abs(float(metrics["loss"]))
+
+
+def test_other_labelled_positives_change_no_starbucks_loss():
+  """The batch with its labelled positives: every pair's MNRL and score KL equal numpy's with each query's
+  other labelled positives' columns (and its duplicates') deleted, and differ from the loss without them."""
+  spec = SrlLossSpec(mode="starbucks", kl="scores", pairs=PAIRS, num_model_layers=LAYERS, hidden_size=HIDDEN,
+                     group_size=GROUP)
+  query, passage = pooled(2)
+  mask = np.asarray(false_negatives(jnp.asarray(QUERY_IDS), jnp.asarray(PASSAGE_IDS), GROUP, jnp.asarray(LABELLED_IDS)))
+  without = np.asarray(false_negatives(jnp.asarray(QUERY_IDS), jnp.asarray(PASSAGE_IDS), GROUP))
+  loss, metrics = masked_loss(spec, query, passage, mask)
+  full, moved = scores_np(query[3], passage[3], 16), []
+  for n, d in PAIRS:
+    s = scores_np(query[n], passage[n], d)
+    np.testing.assert_allclose(float(metrics[f"loss/n{n}_d{d}"]), row_losses(s, kept_columns(mask)), rtol=1e-5)
+    moved.append(abs(row_losses(s, kept_columns(mask)) - row_losses(s, kept_columns(without))))
+    if (n, d) != PAIRS[-1]:
+      np.testing.assert_allclose(float(metrics[f"kl/n{n}_d{d}"]), row_kl(s, full, kept_columns(mask)), rtol=1e-5)
+  assert max(moved) > 1e-2  # the other labelled positives mattered
+  assert float(metrics["masked_negatives"]) == len(EXPECTED_LABELLED)
+  assert float(loss) != float(masked_loss(spec, query, passage, without)[0])
+
+
+@pytest.mark.parametrize("mode", ["starbucks", "2dmse"])
+def test_another_labelled_positive_in_the_batch_is_as_if_absent(mode):
+  """A query whose row lists two positives, trained with the first (G = 3: the positive, the other labelled
+  positive as a filled slot, a negative): masked, the loss and metrics are those of the positive and the
+  negative alone (G = 2), and the other positive's vector gets a gradient of exactly 0; without the mask it
+  counts as a negative: another loss, and a gradient."""
+  extra = dict(kl="scores") if mode == "starbucks" else dict(
+      layers=(1, 2), dims=(4, 8, 16), n_layers_per_step=-1, n_dims_per_step=-1, st_kl_temperature=0.0)
+  spec = lambda group: SrlLossSpec(mode=mode, pairs=PAIRS, num_model_layers=LAYERS, hidden_size=HIDDEN,
+                                   group_size=group, **extra)
+  rng = np.random.default_rng(4)
+  query = {n: jnp.asarray(rng.normal(size=(1, HIDDEN)), jnp.float32) for n in range(LAYERS + 1)}
+  alone = {n: jnp.asarray(rng.normal(size=(2, HIDDEN)), jnp.float32) for n in range(LAYERS + 1)}
+  other = {n: jnp.asarray(rng.normal(size=(HIDDEN,)), jnp.float32) for n in range(LAYERS + 1)}
+  passages = lambda o: {n: jnp.stack([v[0], o[n], v[1]]) for n, v in alone.items()}
+  mask = false_negatives(jnp.asarray([7]), jnp.asarray([1, 5, 2]), 3, jnp.asarray([[1, 5]]))
+  assert np.asarray(mask).tolist() == [[False, True, False]]
+  assert not np.asarray(false_negatives(jnp.asarray([7]), jnp.asarray([1, 5, 2]), 3)).any()  # a text of its own
+  loss, metrics = srl_loss(query, passages(other), None, spec(3), KEY, mask)
+  expected, expected_metrics = srl_loss(query, alone, None, spec(2), KEY)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+  for name, value in expected_metrics.items():
+    np.testing.assert_allclose(float(metrics[name]), float(value), rtol=1e-5, atol=1e-7, err_msg=name)  # float32 sums in another order
+  masked = jax.grad(lambda o: srl_loss(query, passages(o), None, spec(3), KEY, mask)[0])(other)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in masked.values())
+  unmasked_loss = srl_loss(query, passages(other), None, spec(3), KEY)[0]
+  assert abs(float(unmasked_loss) - float(expected)) > 1e-3
+  unmasked = jax.grad(lambda o: srl_loss(query, passages(o), None, spec(3), KEY)[0])(other)
+  assert max(float(jnp.abs(g).max()) for g in unmasked.values()) > 1e-4

@@ -64,7 +64,9 @@ def model(dropout: float = 0.1, family: str = "bert"):
 
 def make_batch(group: int, query_length: int, passage_length: int, scored: bool, clean: bool = False) -> dict:
   """Random texts; `clean`: with text ids and duplicates (rows and ids copied): query 9 is query 2, query 5's
-  hard negative is query 0's positive, query 7's positive is query 3's, query 11's hard negative its own positive."""
+  hard negative is query 0's positive, query 7's positive is query 3's, query 11's hard negative its own
+  positive; and labelled positives (3 a query): query 4 lists query 6's hard negative, query 13 query 1's
+  positive, query 2 (and so query 9) query 12's positive."""
   rng = np.random.default_rng(0)
 
   def side(rows, length):
@@ -84,6 +86,10 @@ def make_batch(group: int, query_length: int, passage_length: int, scored: bool,
                              ("passage", 11 * group + 1, 11 * group)):
       for key in (f"{side}_input_ids", f"{side}_attention_mask", f"{side}_text_ids"):
         batch[key][to] = batch[key][source]
+    labelled = np.repeat(batch["passage_text_ids"][::group, None], 3, axis=1)
+    for query, passage in ((4, 6 * group + 1), (13, 1 * group), (2, 12 * group)):
+      labelled[query, 1:] = batch["passage_text_ids"][passage]
+    batch["labelled_positive_ids"] = labelled
   return batch
 
 

@@ -125,3 +125,34 @@ def test_a_mixture_trains_packed_and_with_grad_cache(tiny_dir, tmp_path, changes
   assert rows[-1]["source/snli/examples"] + rows[-1]["source/scifact/examples"] == 4 * 8
   assert {k for r in rows for k in r if k.endswith("/loss") and k.startswith("source/")} == {
       "source/snli/loss", "source/scifact/loss"}
+
+
+def test_a_scored_source_trains_without_the_data_blocks_clean_negatives(tiny_dir, tmp_path, monkeypatch):
+  """data.clean_negatives=True and a scored source in the mixture: the run trains, masking negatives in the
+  triplets' steps only; set in the scored source's own entry, or on a single scored source, it is refused
+  with the one error, before anything compiles."""
+  import jax
+  import starbucks_jax.training.loop  # noqa: F401  (imported, and its functions jitted, before jit fails)
+  from starbucks_jax.errors import StarbucksError
+  from starbucks_jax.runtime.metrics import read_metrics
+  from tests.helpers import run_train, tiny_config
+  data = REPO / "data" / "quickstart"
+  config = tiny_config(tiny_dir, **{"num_steps": 6, "checkpoint.every_steps": 6, "data.clean_negatives": True})
+  config.data.source, config.data.max_examples = "", None
+  snli = dict(source=str(data / "snli_triplets.jsonl"), max_examples=24)
+  stsb = dict(source=str(data / "stsb_train.jsonl"), kind="scored", objective="cosent", max_examples=24)
+  refused = "data.clean_negatives masks in-batch negatives, and the cosent objective on scored data has none"
+  with monkeypatch.context() as patch:
+    patch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before the error"))
+    config.data.mixture = {"snli": snli, "stsb": dict(stsb, clean_negatives=True)}
+    with pytest.raises(StarbucksError, match=refused + r": leave it off \(data.mixture.stsb.clean_negatives=False\)"):
+      run_train(config, tmp_path / "own")
+    single = tiny_config(tiny_dir, **{"data.clean_negatives": True, "starbucks.objective": "cosent"})
+    single.data.source = stsb["source"]
+    with pytest.raises(StarbucksError, match=refused + ": leave it off$"):
+      run_train(single, tmp_path / "single")
+  config.data.mixture = {"snli": snli, "stsb": stsb}
+  run_train(config, tmp_path / "run")
+  rows = read_metrics(tmp_path / "run")
+  assert len(rows) == 6 and all(np.isfinite(r["loss"]) for r in rows)
+  assert {r["step"] for r in rows if "masked_negatives" in r} == {r["step"] for r in rows if "source/snli/loss" in r}

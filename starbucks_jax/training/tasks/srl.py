@@ -190,16 +190,18 @@ def _settings_by_source(config: TrainConfig, spec: SrlLossSpec, data, model_conf
   """The step settings of each source (one, or a mixture's each, `data/mixture.py`): its objective and group
   size in the loss spec. Mixed batches (`data.mix_sources`) share the first source's."""
   parts, entries = getattr(data, "parts", [data]), getattr(data, "sources", (None,))
+  for entry, part in zip(entries, parts):  # every source, mixed batches' too
+    if part.config.clean_negatives and part.schema.score is not None:  # scored pairs: a scored objective
+      objective = source_objective(spec.objective, entry, part)
+      where = f" (data.mixture.{entry.name}.clean_negatives=False)" if entry else ""
+      raise StarbucksError(f"data.clean_negatives masks in-batch negatives, and the {objective} objective "
+                           f"on {part.kind} data has none: leave it off{where}")
   out = []
   for entry, part in zip(entries, parts[:1] if config.data.mix_sources else parts):
     if entry is not None:
       _check_length(part.config, model_config, f"data.mixture.{entry.name}")
     part_spec = dataclasses.replace(spec, group_size=part.group_size,  # validates again
                                     objective=source_objective(spec.objective, entry, part))
-    if part.config.clean_negatives and get_objective(part_spec.objective).scored:
-      where = f" (data.mixture.{entry.name}.clean_negatives=False)" if entry else ""
-      raise StarbucksError(f"data.clean_negatives masks in-batch negatives, and the {part_spec.objective} objective "
-                           f"on {part.kind} data has none: leave it off{where}")
     if grad_cache:  # the mesh's part of the check comes with the mesh (training/loop.py)
       grad_cache.check(config.batch_size, part.group_size, devices=1)
     out.append(SrlStepSettings(model_config=model_config, spec=part_spec, pooling=config.model.pooling,
