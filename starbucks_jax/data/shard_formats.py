@@ -20,7 +20,7 @@ import os
 
 from starbucks_jax import storage
 from starbucks_jax.data import array_record_shards, jsonl_shards, parquet_shards
-from starbucks_jax.data.shards import is_pattern
+from starbucks_jax.data.shards import is_pattern, read_pool
 from starbucks_jax.errors import StarbucksError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def _extension(path: str) -> str:
 
 
 def _jsonl_format(part: str, files) -> type | None:
-  indexed = [jsonl_shards.has_index(p) for p, _ in files]
+  with read_pool() as pool:  # one metadata request per shard: in parallel, as the indexes are read after
+    indexed = list(pool.map(lambda f: jsonl_shards.has_index(f[0]), files))
   if all(indexed):
     return jsonl_shards.JsonLinesShards
   if any(indexed):
